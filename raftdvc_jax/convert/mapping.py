@@ -6,6 +6,7 @@ tensor by one layout rule (conv weights (O, I, k0, k1, k2) <-> kernels (k0, k1, 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Mapping
 
@@ -54,6 +55,7 @@ def _to_flax_layout(x: np.ndarray) -> np.ndarray:
   return x.transpose(2, 3, 4, 1, 0) if x.ndim == 5 else x
 
 
+@functools.lru_cache(maxsize=16)
 def _template(config: ModelConfig) -> dict[str, jax.ShapeDtypeStruct]:
   shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   return {'/'.join([path[0], '.'.join(path[1:])]): leaf
