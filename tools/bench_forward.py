@@ -1,0 +1,189 @@
+"""Forward and one training step of a RAFT-DVC arm, JAX against the PyTorch reference, on the same cores.
+
+  python tools/bench_forward.py --preset s4 --size 64 --iters 12            # both frameworks
+  python tools/bench_forward.py --framework jax --dtype bfloat16             # JAX only, bf16 compute
+
+Each framework runs in its own process so that its peak memory (max RSS) is its own. Timings are medians
+of --repeats runs after one warm-up; JAX compile time is reported separately. Results print as JSON lines
+and a Markdown table for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('preset', 's4', 'Model preset (raftdvc_jax.model.config.PRESETS).')
+flags.DEFINE_integer('size', 64, 'Cube side of the input volumes.')
+flags.DEFINE_integer('iters', 12, 'Refinement iterations.')
+flags.DEFINE_integer('batch', 1, 'Batch size.')
+flags.DEFINE_integer('repeats', 3, 'Timed runs after the warm-up; the median is reported.')
+flags.DEFINE_enum('framework', 'both', ['both', 'jax', 'torch'], 'Which implementation to time.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'JAX compute dtype of the convolutions.')
+flags.DEFINE_string('corr_method', 'auto', 'JAX correlation lookup formulation.')
+flags.DEFINE_enum('what', 'both', ['both', 'forward', 'train'], 'Forward, training step, or both.')
+
+
+def _peak_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _time(fn, repeats):
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def _inputs(batch, size, seed=0):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  vol0 = rng.random((batch, size, size, size), dtype=np.float32)
+  vol1 = np.roll(vol0, 2, axis=1)
+  flow = np.zeros((batch, 3, size, size, size), np.float32)
+  flow[:, 0] = 2.0
+  return vol0, vol1, flow
+
+
+def run_jax(what):
+  """Times the Flax model; returns a dict of results."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.config import preset  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.raft import RAFTDVC, init_params  # pylint: disable=import-outside-toplevel
+
+  config = preset(FLAGS.preset)
+  dtype = jnp.bfloat16 if FLAGS.dtype == 'bfloat16' else None
+  model = RAFTDVC(config, corr_method=FLAGS.corr_method, dtype=dtype)
+  variables = init_params(config, jax.random.key(0))
+  vol0, vol1, flow = (jnp.asarray(a) for a in _inputs(FLAGS.batch, FLAGS.size))
+  iters = FLAGS.iters
+  out = {'framework': 'jax', 'device': jax.devices()[0].device_kind, 'dtype': FLAGS.dtype}
+
+  if what in ('both', 'forward'):
+    forward = jax.jit(lambda v, a, b: model.apply(v, a, b, iters=iters).flow)
+    start = time.perf_counter()
+    compiled = forward.lower(variables, vol0, vol1).compile()
+    out['forward_compile_s'] = time.perf_counter() - start
+    _, out['forward_s'] = _time(lambda: jax.block_until_ready(compiled(variables, vol0, vol1)), FLAGS.repeats)
+
+  if what in ('both', 'train'):
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(2e-4, weight_decay=5e-5))
+    params = variables['params']
+    opt_state = tx.init(params)
+    gt = jnp.moveaxis(flow, 1, -1)
+    weights = 0.8 ** jnp.arange(iters - 1, -1, -1, dtype=jnp.float32)
+
+    def loss_fn(p):
+      flows = model.apply({'params': p}, vol0, vol1, iters=iters, train=True).flows
+      per_iter = jnp.abs(flows - gt).sum(-1).mean(axis=(1, 2, 3, 4))
+      return jnp.sum(weights * per_iter)
+
+    def step(p, s):
+      loss, grads = jax.value_and_grad(loss_fn)(p)
+      updates, s = tx.update(grads, s, p)
+      return optax.apply_updates(p, updates), s, loss
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    start = time.perf_counter()
+    compiled = step.lower(params, opt_state).compile()
+    out['train_compile_s'] = time.perf_counter() - start
+    state = [params, opt_state]
+
+    def one():
+      state[0], state[1], loss = compiled(*state)
+      jax.block_until_ready(loss)
+
+    _, out['train_step_s'] = _time(one, FLAGS.repeats)
+  out['peak_rss_mb'] = _peak_mb()
+  return out
+
+
+def run_torch(what):
+  """Times the PyTorch reference (tests/torch_reference.py); returns a dict of results."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.config import preset  # pylint: disable=import-outside-toplevel
+  from tests import torch_reference as ref  # pylint: disable=import-outside-toplevel
+
+  config = preset(FLAGS.preset)
+  model = ref.init_weights(ref.build(config.to_dict()), 0)
+  vol0, vol1, flow = (torch.from_numpy(a) for a in _inputs(FLAGS.batch, FLAGS.size))
+  vol0, vol1 = vol0[:, None], vol1[:, None]
+  iters = FLAGS.iters
+  out = {'framework': 'torch', 'device': f'cpu x{torch.get_num_threads()} threads', 'dtype': 'float32'}
+  if what in ('both', 'forward'):
+    model.eval()
+
+    def forward():
+      with torch.no_grad():
+        model(vol0, vol1, iters=iters, test_mode=True)
+
+    _, out['forward_s'] = _time(forward, FLAGS.repeats)
+  if what in ('both', 'train'):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=5e-5)
+
+    def step():
+      opt.zero_grad()
+      preds = model(vol0, vol1, iters=iters)
+      loss = sum(0.8 ** (iters - 1 - i) * (p - flow).abs().sum(1).mean() for i, p in enumerate(preds))
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+      opt.step()
+
+    _, out['train_step_s'] = _time(step, FLAGS.repeats)
+  out['peak_rss_mb'] = _peak_mb()
+  return out
+
+
+def main(argv):
+  del argv
+  common = {'preset': FLAGS.preset, 'size': FLAGS.size, 'iters': FLAGS.iters, 'batch': FLAGS.batch}
+  if FLAGS.framework != 'both':
+    result = (run_jax if FLAGS.framework == 'jax' else run_torch)(FLAGS.what)
+    print(json.dumps({**common, **result}))
+    return
+  rows = []
+  for framework in ('jax', 'torch'):
+    for what in (['forward', 'train'] if FLAGS.what == 'both' else [FLAGS.what]):
+      # One process per framework and measurement, so that max RSS is that measurement's peak.
+      cmd = [sys.executable, __file__] + [a for a in sys.argv[1:] if not a.startswith(('--framework', '--what'))]
+      cmd += [f'--framework={framework}', f'--what={what}']
+      line = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+      rows.append(json.loads(line.splitlines()[-1]))
+      print(json.dumps(rows[-1]), flush=True)
+  by = {(r['framework'], 'train' if 'train_step_s' in r else 'forward'): r for r in rows}
+  print(f"\n| {FLAGS.preset} {FLAGS.size}^3 x{FLAGS.batch}, {FLAGS.iters} iters | forward s | train step s | "
+        'peak RSS fwd / train MB | compile fwd / train s |\n|---|---|---|---|---|')
+  for framework in ('jax', 'torch'):
+    f, t = by.get((framework, 'forward'), {}), by.get((framework, 'train'), {})
+    fmt = lambda d, k: f'{d[k]:.2f}' if k in d else '-'
+    print(f"| {framework} ({FLAGS.dtype if framework == 'jax' else 'float32'}) | {fmt(f, 'forward_s')} | "
+          f"{fmt(t, 'train_step_s')} | {f.get('peak_rss_mb', 0):.0f} / {t.get('peak_rss_mb', 0):.0f} | "
+          f"{fmt(f, 'forward_compile_s')} / {fmt(t, 'train_compile_s')} |")
+  if ('torch', 'forward') in by and ('jax', 'forward') in by:
+    print(f"\nforward speed-up {by['torch', 'forward']['forward_s'] / by['jax', 'forward']['forward_s']:.2f}x")
+  if ('torch', 'train') in by and ('jax', 'train') in by:
+    print(f"train-step speed-up {by['torch', 'train']['train_step_s'] / by['jax', 'train']['train_step_s']:.2f}x")
+
+
+if __name__ == '__main__':
+  app.run(main)
