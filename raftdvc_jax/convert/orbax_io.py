@@ -1,0 +1,195 @@
+"""The converted checkpoint directory: Orbax-saved variables plus the model config and provenance as JSON.
+
+Layout of a directory written by `save` (and the minimum `load_variables` needs):
+
+  model_config.json   ModelConfig.to_json()
+  provenance.json     where the weights came from: source name and sha256, detected kind, notes, library
+                      version, format version (optional for reading)
+  variables/          an Orbax StandardCheckpointer item: {'params': ...[, 'batch_stats': ...]}, Flax layout
+
+A training checkpoint directory can be read by the same function as long as it keeps this layout (the
+variables item may then hold more collections; only 'params' and 'batch_stats' are returned). Writes are
+atomic: everything goes into a hidden temporary directory beside the target, renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+
+from raftdvc_jax.model.config import ModelConfig
+
+CONFIG_FILE = 'model_config.json'
+PROVENANCE_FILE = 'provenance.json'
+VARIABLES_DIR = 'variables'
+FORMAT = 'raftdvc_jax.converted'
+FORMAT_VERSION = 1
+COLLECTIONS = ('params', 'batch_stats')
+
+
+class CheckpointDirError(ValueError):
+  """A converted checkpoint directory that is missing, malformed or does not fit its config."""
+
+
+def is_checkpoint_dir(path) -> bool:
+  """True when `path` is a directory with a model_config.json (what load_variables reads)."""
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}/{key}' if prefix else str(key)
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, name))
+    else:
+      out[name] = value
+  return out
+
+
+@functools.lru_cache(maxsize=32)
+def _template(config: ModelConfig) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.raft import init_params  # pylint: disable=import-outside-toplevel
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def check_variables(variables: Mapping, config: ModelConfig, label: str) -> None:
+  """Raises CheckpointDirError unless `variables` has exactly the config's variable names, shapes and dtypes."""
+  want = _flatten(_template(config))
+  got = _flatten({k: v for k, v in variables.items() if k in COLLECTIONS})
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  wrong = sorted(k for k in set(want) & set(got)
+                 if tuple(np.shape(got[k])) != tuple(want[k].shape) or np.dtype(got[k].dtype) != want[k].dtype)
+  if missing or unexpected or wrong:
+    parts = []
+    if missing:
+      parts.append(f'{len(missing)} missing (e.g. {", ".join(missing[:3])})')
+    if unexpected:
+      parts.append(f'{len(unexpected)} unexpected (e.g. {", ".join(unexpected[:3])})')
+    if wrong:
+      parts.append(f'{len(wrong)} of the wrong shape or dtype (e.g. ' + ', '.join(
+          f'{k} {tuple(np.shape(got[k]))} {np.dtype(got[k].dtype)} vs {tuple(want[k].shape)} {want[k].dtype}'
+          for k in wrong[:3]) + ')')
+    raise CheckpointDirError(f'{label}: variables do not match {CONFIG_FILE}: ' + '; '.join(parts))
+
+
+def save(path, config: ModelConfig, variables: Mapping, provenance: Mapping[str, Any] | None = None,
+         overwrite: bool = False, before_commit=None) -> str:
+  """Writes a converted checkpoint directory atomically and returns its absolute path.
+
+  `before_commit(tmp_dir)` (optional) runs on the finished temporary directory before it is renamed into place,
+  e.g. to verify it; if it raises, nothing is left at `path`.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path}: already exists (pass overwrite / --overwrite to replace it)')
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise CheckpointDirError(f'{path}: exists and is not a directory')
+  check_variables(variables, config, path)
+  parent, name = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex[:12]}')
+  os.makedirs(tmp)
+  try:
+    tree = {k: v for k, v in variables.items() if k in COLLECTIONS}
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(os.path.join(tmp, VARIABLES_DIR), tree)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
+    record = {'format': FORMAT, 'format_version': FORMAT_VERSION, 'library_version': _version(),
+              'created_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+              **dict(provenance or {})}
+    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+      f.write(json.dumps(config.to_dict(), indent=2, sort_keys=True) + '\n')
+    with open(os.path.join(tmp, PROVENANCE_FILE), 'w') as f:
+      f.write(json.dumps(record, indent=2, sort_keys=True) + '\n')
+    if before_commit is not None:
+      before_commit(tmp)
+    if os.path.exists(path):
+      old = f'{tmp}.old'
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path
+
+
+def read_config(path) -> ModelConfig:
+  """The ModelConfig stored in a checkpoint directory."""
+  path = os.fspath(path)
+  file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path}: no such checkpoint directory')
+  if not os.path.isfile(file):
+    raise CheckpointDirError(f'{path}: not a converted checkpoint (no {CONFIG_FILE})')
+  try:
+    with open(file) as f:
+      data = json.load(f)
+    if not isinstance(data, dict):
+      raise ValueError('not a JSON object')
+    return ModelConfig.from_dict(data)
+  except (ValueError, TypeError) as e:
+    raise CheckpointDirError(f'{file}: invalid model config ({e})') from None
+
+
+def load_variables(path) -> tuple[ModelConfig, dict, dict]:
+  """(config, variables, provenance) of a converted (or same-layout training) checkpoint directory.
+
+  variables = {'params': ...[, 'batch_stats': ...]} as numpy arrays, checked against the config.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.fspath(path))
+  config = read_config(path)
+  provenance = {}
+  prov_file = os.path.join(path, PROVENANCE_FILE)
+  if os.path.isfile(prov_file):
+    try:
+      with open(prov_file) as f:
+        provenance = json.load(f)
+    except ValueError as e:
+      raise CheckpointDirError(f'{prov_file}: invalid JSON ({e})') from None
+  item = os.path.join(path, VARIABLES_DIR)
+  if not os.path.isdir(item):
+    raise CheckpointDirError(f'{path}: not a converted checkpoint (no {VARIABLES_DIR}/ directory)')
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    # Restored without a target so that the stored shapes are checked here, not silently adapted.
+    restored = checkpointer.restore(item)
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax raises many types (ValueError, FileNotFoundError, tensorstore errors) for damaged items.
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise CheckpointDirError(f'{item}: cannot read the Orbax checkpoint ({message[:200]})') from None
+  finally:
+    checkpointer.close()
+  if not isinstance(restored, Mapping) or 'params' not in restored:
+    raise CheckpointDirError(f'{item}: holds no "params" collection')
+  variables = {k: _as_dict(restored[k]) for k in COLLECTIONS if k in restored}
+  check_variables(variables, config, path)
+  return config, variables, provenance
+
+
+def _as_dict(tree):
+  if isinstance(tree, Mapping):
+    return {k: _as_dict(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def _version() -> str:
+  from raftdvc_jax import __version__  # pylint: disable=import-outside-toplevel
+  return __version__
