@@ -1,0 +1,263 @@
+"""The tiled runner: batches of fixed-shape tiles through one compiled, device-sharded function, blended on the host.
+
+run_tiled(apply_fn, vol0, vol1, tile=64) covers the volume with a TilePlan, compiles apply_fn once for the tile
+and batch shape (AOT, cached across calls), pads the last batch to the same shape, shards each batch over the
+local devices on a 'data' mesh axis, and overlaps the host's work with the device's: a background thread cuts
+and stacks the next batch while the device computes, and the previous batch's result is blended into the
+Stitcher while the current one runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from raftdvc_jax.infer import tiling
+
+# Compiled executables by (function, shapes, devices); bounded so that a long session does not grow forever.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_MAX = 8
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'raftdvc_jax', 'xla')
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+  """Turns on JAX's persistent compilation cache (so a tile shape compiles once across runs); returns its dir."""
+  path = path or os.environ.get('RAFTDVC_JAX_CACHE', DEFAULT_CACHE_DIR)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return path
+
+
+def model_apply_fn(model, iters: int | None = None) -> Callable:
+  """The tile function of a RAFTDVC module: (variables, vol0, vol1[, flow_init]) -> flow (B, t0, t1, t2, 3).
+
+  Pass the variables to run_tiled as `params`, so they are a device-resident argument, not a constant baked
+  into the compiled program.
+  """
+  def apply(variables, vol0, vol1, flow_init=None):
+    return model.apply(variables, vol0, vol1, iters=iters, flow_init=flow_init).flow
+  return apply
+
+
+def validate_pair(vol0, vol1, mask=None) -> tuple[int, int, int]:
+  """Checks a volume pair (and mask) for rank 3, equal non-empty shapes; returns the shape."""
+  for name, v in (('vol0', vol0), ('vol1', vol1)):
+    shape = tuple(getattr(v, 'shape', ()))
+    if len(shape) != 3:
+      raise ValueError(f'{name}: expected a 3-D volume (X0, X1, X2), got shape {shape}')
+    if min(shape) == 0:
+      raise ValueError(f'{name}: is empty, shape {shape}')
+    if np.dtype(v.dtype).kind not in 'biuf':
+      raise ValueError(f'{name}: unsupported dtype {v.dtype}; volumes must be numeric')
+  if tuple(vol0.shape) != tuple(vol1.shape):
+    raise ValueError(f'vol1: shape {tuple(vol1.shape)} does not match vol0 {tuple(vol0.shape)}')
+  if mask is not None and tuple(mask.shape) != tuple(vol0.shape):
+    raise ValueError(f'mask: shape {tuple(mask.shape)} does not match the volumes {tuple(vol0.shape)}')
+  return tuple(int(s) for s in vol0.shape)
+
+
+def data_mesh(devices: Sequence[Any] | None = None) -> Mesh:
+  """A one-axis mesh named 'data' over the local devices."""
+  return Mesh(np.asarray(devices or jax.local_devices()), ('data',))
+
+
+def compile_tile_fn(apply_fn: Callable, batch: int, tile: Sequence[int], init_grid: Sequence[int] | None,
+                    mesh: Mesh, params=None):
+  """AOT-compiles apply_fn for one batch and tile shape, inputs sharded on 'data'; cached across calls."""
+  shard = NamedSharding(mesh, PartitionSpec('data'))
+  key = (apply_fn, batch, tuple(tile), None if init_grid is None else tuple(init_grid),
+         tuple(d.id for d in mesh.devices.flat),
+         None if params is None else jax.tree.structure(params),
+         None if params is None else tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params)))
+  if key in _COMPILED:
+    _COMPILED.move_to_end(key)
+    return _COMPILED[key]
+  vol = jax.ShapeDtypeStruct((batch, *tile), jnp.float32, sharding=shard)
+  args = [vol, vol]
+  if init_grid is not None:
+    args.append(jax.ShapeDtypeStruct((batch, *init_grid, 3), jnp.float32, sharding=shard))
+  if params is not None:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    args.insert(0, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params))
+  jitted = apply_fn if hasattr(apply_fn, 'lower') else jax.jit(apply_fn)
+  compiled = jitted.lower(*args).compile()
+  _COMPILED[key] = compiled
+  while len(_COMPILED) > _COMPILED_MAX:
+    _COMPILED.popitem(last=False)
+  return compiled
+
+
+class Progress:
+  """A one-line progress bar on stderr: done of total, rate, ETA."""
+
+  def __init__(self, total: int, label: str = 'tiles', enabled: bool = True, stream=None):
+    self.total, self.label, self.enabled = total, label, enabled
+    self.stream = stream or sys.stderr
+    self.start = time.perf_counter()
+    self.done = 0
+
+  def update(self, n: int) -> None:
+    self.done += n
+    if not self.enabled:
+      return
+    elapsed = time.perf_counter() - self.start
+    frac = self.done / max(self.total, 1)
+    eta = elapsed * (1 - frac) / frac if frac > 0 else float('nan')
+    bar = '#' * int(30 * frac)
+    self.stream.write(f'\r{self.label} [{bar:<30}] {self.done}/{self.total}  {elapsed:6.1f}s  ETA {eta:6.1f}s')
+    if self.done >= self.total:
+      self.stream.write('\n')
+    self.stream.flush()
+
+
+def _batches_in_background(make_batch: Callable, chunks: list, depth: int = 2):
+  """Yields make_batch(chunk) for each chunk, computed one or two ahead on a daemon thread."""
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+  end = object()
+
+  def work():
+    try:
+      for chunk in chunks:
+        if stop.is_set():
+          return
+        q.put((chunk, make_batch(chunk)))
+      q.put(end)
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)  # re-raised in the consumer, so the caller sees the real error
+
+  thread = threading.Thread(target=work, daemon=True, name='raftdvc-tile-reader')
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is end:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get(timeout=0.05)
+      except queue.Empty:
+        pass
+
+
+def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, blend: str = 'gaussian',
+              batch: int = 1, mask=None, flow_init_fn: Callable | None = None, progress: bool = True, *,
+              params=None, min_size: int = 1, init_stride: int | None = None, memmap: bool | None = None,
+              devices: Sequence[Any] | None = None, return_summary: bool = False):
+  """Estimates a flow (3, X0, X1, X2) float32 by running apply_fn over blended tiles.
+
+  apply_fn(vol0, vol1[, flow_init]) -> (B, t0, t1, t2, 3) on batches (B, t0, t1, t2) (with `params`, it is
+  called as apply_fn(params, vol0, vol1[, flow_init]) and params are replicated on every device). tile is N,
+  (X, Y, Z) or 'X,Y,Z' (0 = whole axis), clipped to the volume; min_size is the smallest side the model takes.
+  batch is rounded up to a multiple of the device count and clipped to the number of tiles. With a mask,
+  tiles holding no mask voxel are skipped and the flow is 0 outside the mask. flow_init_fn(origin, tile) ->
+  (h0, h1, h2, 3) gives each tile a starting flow on its feature grid (h = ceil(t / init_stride)), e.g.
+  coarse_to_fine.flow_init_fn. With return_summary, returns (flow, summary) where summary has voxels, tiles,
+  tiles_skipped, batches, batch, devices, compile_seconds, seconds and voxels_per_second.
+  """
+  t_start = time.perf_counter()
+  shape = validate_pair(vol0, vol1, mask)
+  if blend not in tiling.BLENDS:
+    raise ValueError(f'blend {blend!r} is not one of {", ".join(tiling.BLENDS)}')
+  if int(batch) < 1:
+    raise ValueError(f'batch must be >= 1, got {batch}')
+  if flow_init_fn is not None and not init_stride:
+    raise ValueError('flow_init_fn needs init_stride (the model stride) to know the feature grid')
+  plan = tiling.plan_tiles(shape, tile, overlap, min_size)
+  origins = plan.select(mask)
+  devices = list(devices or jax.local_devices())
+  mesh = data_mesh(devices)
+  n_dev = len(devices)
+  # Never pad beyond the tiles there are: a single tile then runs exactly the whole-volume forward.
+  batch = min(int(batch), max(len(origins), 1))
+  batch = -(-batch // n_dev) * n_dev
+  # One tile: uniform weight 1, so w * f / w is f bit for bit.
+  weights = tiling.blend_weights(plan.tile, 'uniform' if plan.num_tiles == 1 else blend, overlap)
+  init_grid = None if flow_init_fn is None else tuple(-(-t // init_stride) for t in plan.tile)
+  stitcher = tiling.Stitcher(shape, 3, memmap)
+
+  t_compile = time.perf_counter()
+  compiled = compile_tile_fn(apply_fn, batch, plan.tile, init_grid, mesh, params) if origins else None
+  compile_seconds = time.perf_counter() - t_compile
+  shard = NamedSharding(mesh, PartitionSpec('data'))
+  if params is not None:
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+
+  def make_batch(chunk):
+    """Cuts, checks and stacks one batch on the host (runs on the reader thread)."""
+    tiles0 = np.empty((batch, *plan.tile), np.float32)
+    tiles1 = np.empty((batch, *plan.tile), np.float32)
+    inits = None if init_grid is None else np.empty((batch, *init_grid, 3), np.float32)
+    for i, origin in enumerate(chunk):
+      index = plan.slices(origin)
+      tiles0[i] = vol0[index]
+      tiles1[i] = vol1[index]
+      if inits is not None:
+        inits[i] = flow_init_fn(origin, plan.tile)
+    # Pad a short last batch by repeating its last tile: valid input, one compiled shape, result discarded.
+    for a in (tiles0, tiles1, inits):
+      if a is not None:
+        a[len(chunk):] = a[len(chunk) - 1]
+    for name, t in (('vol0', tiles0), ('vol1', tiles1), ('flow_init', inits)):
+      if t is not None:
+        finite = np.isfinite(t[:len(chunk)]).reshape(len(chunk), -1).all(1)
+        if not finite.all():
+          where = chunk[int(np.argmin(finite))]
+          raise ValueError(f'{name}: holds non-finite values (NaN or inf) in the tile at {where}')
+    arrays = [tiles0, tiles1] + ([] if inits is None else [inits])
+    return [jax.device_put(a, shard) for a in arrays]
+
+  bar = Progress(len(origins), 'tiles', progress)
+
+  def blend_in(chunk, flows):
+    flows = np.asarray(flows)  # waits for the device
+    for origin, f in zip(chunk, flows):
+      stitcher.add(origin, f, weights)
+    bar.update(len(chunk))
+
+  pending = None
+  chunks = list(tiling.iter_batches(origins, batch))
+  for chunk, arrays in _batches_in_background(make_batch, chunks):
+    out = compiled(params, *arrays) if params is not None else compiled(*arrays)  # dispatched asynchronously
+    if pending is not None:
+      blend_in(*pending)
+    pending = (chunk, out)
+  if pending is not None:
+    blend_in(*pending)
+  flow = stitcher.result(mask)
+  seconds = time.perf_counter() - t_start
+  if not return_summary:
+    return flow
+  voxels = int(np.prod(shape))
+  summary = {
+      'voxels': voxels, 'tiles': len(origins), 'tiles_skipped': plan.num_tiles - len(origins),
+      'tile': plan.tile, 'batches': len(chunks), 'batch': batch, 'devices': n_dev,
+      'compile_seconds': compile_seconds, 'seconds': seconds, 'voxels_per_second': voxels / max(seconds, 1e-9),
+      'memmap': stitcher.memmapped,
+  }
+  return flow, summary
+
+
+def format_summary(summary: dict) -> str:
+  """One line for the end of a run: voxels, tiles, seconds, voxels/s."""
+  skipped = f' ({summary["tiles_skipped"]} skipped by the mask)' if summary.get('tiles_skipped') else ''
+  return (f'{summary["voxels"]:,} voxels, {summary["tiles"]} tiles of {"x".join(map(str, summary["tile"]))}'
+          f'{skipped} in {summary["batches"]} batches of {summary["batch"]} on {summary["devices"]} device(s), '
+          f'{summary["seconds"]:.1f} s (compile {summary["compile_seconds"]:.1f} s), '
+          f'{summary["voxels_per_second"]:,.0f} voxels/s')
