@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from raftdvc_jax.model.layers import Conv3d, Dtype
+from raftdvc_jax.model.layers import TORCH_DEFAULT, Conv3d, Dtype, conv3d
 
 
 class MotionEncoder(nn.Module):
@@ -23,11 +23,31 @@ class MotionEncoder(nn.Module):
     return jnp.concatenate([out, flow.astype(out.dtype)], -1)
 
 
-def _gru_pass(h, x, convz, convr, convq):
-  hx = jnp.concatenate([h, x], -1)
-  z = nn.sigmoid(convz(hx))
-  r = nn.sigmoid(convr(hx))
-  q = jnp.tanh(convq(jnp.concatenate([r * h, x], -1)))
+class _ConvParams(nn.Module):
+  """The kernel and bias of one Conv3d (same names and init), for convolutions applied fused."""
+
+  features: int
+  kernel_size: tuple
+
+  @nn.compact
+  def __call__(self, in_features):
+    kernel = self.param('kernel', TORCH_DEFAULT, (*self.kernel_size, in_features, self.features))
+    return kernel, self.param('bias', nn.initializers.zeros, (self.features,))
+
+
+def _gru_pass(module, h, x, names, kernel_size, dtype):
+  """One GRU update of h; z and r read the same input, so they run as one convolution of twice the width."""
+  c = h.shape[-1]
+  (kz, bz), (kr, br), (kq, bq) = (_ConvParams(c, kernel_size, name=n, parent=module)(c + x.shape[-1])
+                                  for n in names)
+  dtype = dtype or h.dtype
+  pad = tuple(k // 2 for k in kernel_size)
+  hx = jnp.concatenate([h, x], -1).astype(dtype)
+  zr = conv3d(hx, jnp.concatenate([kz, kr], -1).astype(dtype), (1, 1, 1), pad)
+  zr = nn.sigmoid(zr + jnp.concatenate([bz, br]).astype(dtype))
+  z, r = zr[..., :c], zr[..., c:]
+  q = jnp.tanh(conv3d(jnp.concatenate([r * h, x], -1).astype(dtype), kq.astype(dtype), (1, 1, 1), pad)
+               + bq.astype(dtype))
   return (1 - z) * h + z * q
 
 
@@ -39,8 +59,7 @@ class ConvGRU(nn.Module):
 
   @nn.compact
   def __call__(self, h, x):
-    convs = [Conv3d(self.hidden_dim, 3, dtype=self.dtype, name=f'conv{g}') for g in 'zrq']
-    return _gru_pass(h, x, *convs)
+    return _gru_pass(self, h, x, ('convz', 'convr', 'convq'), (3, 3, 3), self.dtype)
 
 
 class SepConvGRU(nn.Module):
@@ -53,8 +72,7 @@ class SepConvGRU(nn.Module):
   def __call__(self, h, x):
     for axis, tag in enumerate('hwd'):
       kernel = tuple(5 if a == axis else 1 for a in range(3))
-      convs = [Conv3d(self.hidden_dim, kernel, dtype=self.dtype, name=f'conv{g}_{tag}') for g in 'zrq']
-      h = _gru_pass(h, x, *convs)
+      h = _gru_pass(self, h, x, (f'convz_{tag}', f'convr_{tag}', f'convq_{tag}'), kernel, self.dtype)
     return h
 
 
