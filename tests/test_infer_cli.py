@@ -1,4 +1,4 @@
-"""FlowEstimator (input checks, one compilation per shape) and the infer.py command line."""
+"""FlowEstimator (input checks, one compilation per shape, the tiled path) and the infer.py command line."""
 
 import os
 import subprocess
@@ -6,13 +6,16 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import raftdvc_jax
 from raftdvc_jax.convert import mapping
 from raftdvc_jax.convert import orbax_io
-from raftdvc_jax.infer.estimator import FlowEstimator
+from raftdvc_jax.infer import coarse_to_fine
+from raftdvc_jax.infer import memory
+from raftdvc_jax.infer import tiled
+from raftdvc_jax.infer.estimator import FlowEstimator, balanced_batch
 from raftdvc_jax.model.config import preset
+from raftdvc_jax.model.raft import RAFTDVC
 
 try:
   from tests import torch_reference as ref
@@ -24,11 +27,15 @@ CONFIG = preset('s4').replace(iters=2)
 SIZE = (16, 24, 20)
 
 
+def torch_variables(config, seed=0):
+  """PyTorch's default init through the converter: realistic weights, much faster than a Flax init compile."""
+  model = ref.init_weights(ref.build(config.to_dict()), seed)
+  return mapping.from_torch({k: v.numpy() for k, v in model.state_dict().items()}, config)
+
+
 @pytest.fixture(scope='module')
 def variables():
-  # PyTorch's default init through the converter: realistic weights, and much faster than a Flax init compile.
-  model = ref.init_weights(ref.build(CONFIG.to_dict()), 0)
-  return mapping.from_torch({k: v.numpy() for k, v in model.state_dict().items()}, CONFIG)
+  return torch_variables(CONFIG)
 
 
 @pytest.fixture(scope='module')
@@ -55,6 +62,24 @@ def test_estimator_rejects_bad_inputs(estimator, vol0, vol1, message):
     estimator(vol0, vol1)
 
 
+@pytest.mark.parametrize('vol0, vol1, kwargs, message', [
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 21)), {}, 'vol1: shape'),
+    (np.zeros((16, 24)), np.zeros((16, 24)), {}, 'vol0: expected a 3-D volume'),
+    (np.zeros((0, 24, 20)), np.zeros((0, 24, 20)), {}, 'vol0: is empty'),
+    (np.zeros((16, 24, 20)), np.full((16, 24, 20), np.inf), {}, 'vol1: holds non-finite values .* tile at'),
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 20)), {'tile': 4}, r'tile \(4, 4, 4\) is smaller than the model'),
+    (np.zeros((4, 24, 20)), np.zeros((4, 24, 20)), {}, r'volume \(4, 24, 20\) is smaller than the model'),
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 20)), {'blend': 'box'}, 'blend'),
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 20)), {'overlap': 1.0}, 'overlap'),
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 20)), {'batch': 0}, 'batch must be a positive integer'),
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 20)), {'iters': 0}, 'iters must be a positive integer'),
+    (np.zeros((16, 24, 20)), np.zeros((16, 24, 20)), {'mask': np.ones((8, 8, 8))}, 'mask: shape'),
+])
+def test_tiled_rejects_bad_inputs(estimator, vol0, vol1, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    estimator.tiled(vol0, vol1, **{'tile': 16, **kwargs})
+
+
 def test_estimator_rejects_bad_iters(estimator, volumes):
   for iters in (0, -1, 2.5, True):
     with pytest.raises(ValueError, match='iters must be a positive integer'):
@@ -75,9 +100,99 @@ def test_estimator_compiles_once_per_shape(estimator, variables, volumes):
   assert raftdvc_jax.FlowEstimator is FlowEstimator
 
 
-def _infer(*args):
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'infer.py'), *args], capture_output=True, text=True,
-                        cwd=ROOT, timeout=300)
+def test_tiled_is_the_runner_over_this_network(estimator, variables, volumes):
+  whole = estimator(*volumes)
+  # One tile (the volume, or any tile at least its size) is the whole-volume answer, bit for bit.
+  for tile in (0, 64, '16,0,20'):
+    np.testing.assert_array_equal(estimator.tiled(*volumes, tile=tile, batch=3), whole)
+  flow, summary = estimator.tiled(*volumes, tile=16, overlap=0.5, blend='cosine', batch=2, return_summary=True)
+  # The same plan through the runner with the network and weights given directly.
+  apply = tiled.model_apply_fn(RAFTDVC(CONFIG), iters=2)
+  direct = tiled.run_tiled(apply, *volumes, tile=16, overlap=0.5, blend='cosine', batch=2, params=variables,
+                           min_size=CONFIG.min_size, progress=False)
+  np.testing.assert_allclose(flow, direct, rtol=0, atol=1e-6)
+  assert summary['tiles'] == 4 and summary['batch'] == 2 and summary['tile'] == (16, 16, 16)
+  assert np.abs(flow - whole).max() > 1e-3  # tiles really ran
+  # iters reaches the network: one iteration gives another flow.
+  assert np.abs(estimator.tiled(*volumes, tile=16, batch=2, iters=1) - flow).max() > 1e-3
+  # A mask skips the tiles without a mask voxel and zeroes the flow outside it.
+  mask = np.zeros(SIZE, bool)
+  mask[2:6, 1:5, 0:3] = True
+  masked, s = estimator.tiled(*volumes, tile=16, overlap=0.5, blend='cosine', batch=2, mask=mask,
+                              return_summary=True)
+  assert s['tiles'] == 1 and s['tiles_skipped'] == 3
+  assert (masked[:, ~mask] == 0).all() and np.abs(masked[:, mask]).max() > 0
+
+
+def test_tiled_flow_init_reaches_the_network(estimator, volumes):
+  grid = lambda tile: tuple(-(-t // CONFIG.stride) for t in tile)
+  plain = estimator.tiled(*volumes, tile=16, batch=2)
+  zero = estimator.tiled(*volumes, tile=16, batch=2, flow_init_fn=lambda origin, tile: np.zeros((*grid(tile), 3)))
+  np.testing.assert_allclose(zero, plain, rtol=0, atol=1e-5)
+  coarse = np.ones((3, *SIZE), np.float32)
+  started = estimator.tiled(*volumes, tile=16, batch=2, flow_init_fn=coarse_to_fine.flow_init_fn(coarse, 4))
+  assert np.abs(started - plain).max() > 0.1
+
+
+def test_auto_batch_and_a_tile_that_cannot_fit(estimator, volumes):
+  # On CPU the automatic batch is one tile per device (batching measured no gain there).
+  _, s = estimator.tiled(*volumes, tile=16, return_summary=True)
+  assert s['batch'] == 1
+  assert estimator.plan(SIZE, 16, 0.5, batch=5)[1] == 5
+  # A 256^3 whole-volume pass of the s4 arm needs ~1 TB: refused before anything is read, naming a tile that fits.
+  huge = np.broadcast_to(np.float32(0), (256, 256, 256))
+  with pytest.raises(memory.TileTooLargeError, match=r'256x256x256 tile needs .* use --tile \d+ or smaller'):
+    estimator.tiled(huge, huge, tile=0)
+  assert [balanced_batch(64, n) for n in (27, 100, 200, 0)] == [27, 50, 50, 1]
+  assert balanced_batch(8, 20, devices=2) == 8 and balanced_batch(3, 10) == 3
+
+
+def test_an_unwritable_compilation_cache_is_skipped(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  (tmp_path / 'a_file').write_text('x')
+  before = jax.config.jax_compilation_cache_dir
+  assert tiled.enable_compilation_cache(str(tmp_path / 'a_file' / 'cache')) is None
+  assert jax.config.jax_compilation_cache_dir == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line.
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  # The CLI runs share one persistent compilation cache, kept out of the user's home.
+  return str(tmp_path_factory.mktemp('xla_cache'))
+
+
+def infer_cli(*args, cache=None, wait=True):
+  """Runs infer.py (a Popen when wait=False)."""
+  env = dict(os.environ, **({} if cache is None else {'RAFTDVC_JAX_CACHE': cache}))
+  cmd = [sys.executable, os.path.join(ROOT, 'infer.py'), *args]
+  if not wait:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+  return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+
+
+def assert_refused(run, fragment, leftover_dirs=()):
+  """One 'error: ...' line, the last on stderr, exit 1, no traceback, no temporary files left."""
+  lines = run.stderr.strip().splitlines()
+  assert run.returncode == 1, (fragment, run.stderr)
+  assert lines and lines[-1].startswith('error: ') and fragment in lines[-1], (fragment, run.stderr)
+  assert sum(line.startswith('error') for line in lines) == 1 and 'Traceback' not in run.stderr
+  for d in leftover_dirs:
+    assert not [n for n in os.listdir(d) if n.startswith('.') and 'tmp' in n], os.listdir(d)
+
+
+def refuse_all(cases, cache):
+  """Runs refusal cases two at a time (most exit before JAX starts); returns the finished runs."""
+  runs = []
+  for start in range(0, len(cases), 2):
+    procs = [infer_cli(*args, cache=cache, wait=False) for args, _ in cases[start:start + 2]]
+    for p in procs:
+      out, err = p.communicate(timeout=300)
+      runs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+  return runs
 
 
 @pytest.fixture(scope='module')
@@ -85,46 +200,102 @@ def converted(tmp_path_factory, variables, volumes):
   root = tmp_path_factory.mktemp('infer')
   ckpt = orbax_io.save(str(root / 'ckpt'), CONFIG, variables, {'kind': 'test'})
   paths = {'ckpt': ckpt}
-  for name, vol in (('vol0', volumes[0]), ('vol1', volumes[1]), ('small', volumes[0][:4]),
-                    ('nan', np.where(volumes[0] > 0.99, np.nan, volumes[0]))):
+  mask = np.zeros(SIZE, np.uint8)
+  mask[2:6, 1:5, 0:3] = 1  # inside the first of four 16^3 tiles only
+  nan_outside = volumes[0].copy()
+  nan_outside[:, 17:, :] = np.nan  # only where the mask's one tile does not reach
+  arrays = {'vol0': volumes[0], 'vol1': volumes[1], 'small': volumes[0][:4], 'mask': mask,
+            'nan': np.where(volumes[0] > 0.99, np.nan, volumes[0]), 'nan_outside': nan_outside,
+            'flat': volumes[0][0], 'empty': np.zeros((0, 24, 20), np.float32)}
+  for name, vol in arrays.items():
     paths[name] = str(root / f'{name}.npy')
     np.save(paths[name], vol)
+  # A 256^3 pair that costs no disk (sparse) and no time until read: too large for a whole-volume pass.
+  for name in ('huge0', 'huge1'):
+    paths[name] = str(root / f'{name}.npy')
+    np.lib.format.open_memmap(paths[name], 'w+', np.float32, (256, 256, 256)).flush()
   paths['garbage'] = str(root / 'garbage.pth')
   with open(paths['garbage'], 'wb') as f:
     f.write(b'\x80\x02not really a pickle')
+  paths['unknown'] = str(root / 'vol0.xyz')
+  with open(paths['unknown'], 'wb') as f:
+    f.write(b'data')
   return root, paths
 
 
-def test_infer_cli_whole_volume(converted, estimator, volumes):
+def test_infer_cli_tiled_masked_run(converted, estimator, volumes, cache_dir):
   root, p = converted
-  out = str(root / 'flow.npy')
-  run = _infer('--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output', out)
+  out = str(root / 'out' / 'flow.tif')  # a folder that does not exist yet is created
+  run = infer_cli('--checkpoint', p['ckpt'], '--vol0', p['nan_outside'], '--vol1', p['vol1'], '--output', out,
+                  '--tile', '16', '--overlap', '0.5', '--blend', 'cosine', '--batch', '2', '--mask', p['mask'],
+                  cache=cache_dir)
   assert run.returncode == 0, run.stderr
-  assert 'wrote' in run.stderr and 'Traceback' not in run.stderr
-  flow = np.load(out)
+  assert 'Traceback' not in run.stderr and f'wrote {out}' in run.stderr
+  assert 'tiles [' in run.stderr and '1/1' in run.stderr and 'ETA' in run.stderr  # the progress bar
+  assert '1 tiles of 16x16x16 (3 skipped by the mask)' in run.stderr and 'voxels/s' in run.stderr  # the summary
+  from raftdvc_jax.data import io  # pylint: disable=import-outside-toplevel
+  flow = io.read_flow(out, mmap=False)
   assert flow.dtype == np.float32 and flow.shape == (3, *SIZE)
+  mask = np.load(p['mask']).astype(bool)
+  expect = estimator.tiled(volumes[0], volumes[1], tile=16, overlap=0.5, blend='cosine', batch=2, mask=mask)
   # The CLI process compiles with XLA optimisations and the test process without (conftest): float rounding.
-  np.testing.assert_allclose(flow, estimator(*volumes), rtol=0, atol=1e-4)
-  assert sorted(os.listdir(root)) == sorted(['ckpt', 'flow.npy', 'vol0.npy', 'vol1.npy', 'small.npy', 'nan.npy',
-                                             'garbage.pth'])
+  np.testing.assert_allclose(flow, expect, rtol=0, atol=1e-4)
+  assert (flow[:, ~mask] == 0).all() and np.abs(flow[:, mask]).max() > 0
+  assert os.listdir(root / 'out') == ['flow.tif']
+  assert os.listdir(cache_dir)  # the persistent compilation cache was written
 
 
-def test_infer_cli_refuses_bad_input(converted):
+def test_infer_cli_refuses_bad_input(converted, cache_dir):
   root, p = converted
   out = str(root / 'bad_flow.npy')
+  with open(root / 'a_file', 'w') as f:
+    f.write('x')
+  base = ['--checkpoint', p['ckpt'], '--output', out]
   cases = [
-      (['--vol0', p['vol0'], '--vol1', p['small']], f'error: {p["small"]}: shape (4, 24, 20) does not match'),
-      (['--vol0', p['nan'], '--vol1', p['vol1']], f'error: {p["nan"]}: holds a non-finite value'),
-      (['--vol0', p['small'], '--vol1', p['small']], 'too small for this network'),
-      (['--vol0', p['vol0'], '--vol1', p['vol1'], '--tile', '8'], 'tiled inference is not available'),
-      (['--vol0', p['vol0'], '--vol1', str(root / 'absent.npy')], 'absent.npy: no such file'),
+      (base + ['--vol0', p['vol0'], '--vol1', p['small']], f'error: {p["small"]}: shape (4, 24, 20) does not match'),
+      (base + ['--vol0', p['nan'], '--vol1', p['vol1']], f'error: {p["nan"]}: holds a non-finite value'),
+      (base + ['--vol0', p['small'], '--vol1', p['small']], 'volume (4, 24, 20) is too small for the'),
+      (base + ['--vol0', p['flat'], '--vol1', p['flat']], 'expected a 3-D volume (X0, X1, X2), got shape (24, 20)'),
+      (base + ['--vol0', p['empty'], '--vol1', p['empty']], f'{p["empty"]}: is empty'),
+      (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--tile', '4'],
+       '--tile 4: smaller than the {} network takes: every side must be >= 5'.format(p['ckpt'])),
+      (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--tile', '8,x'], "tile '8,x' is not N or X,Y,Z"),
+      (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--overlap', '1'], 'overlap must be a fraction in [0, 1)'),
+      (base + ['--vol0', p['huge0'], '--vol1', p['huge1']], 'tile needs'),
+      (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--mask', p['small']], 'mask shape (4, 24, 20) does not'),
+      (base + ['--vol0', p['nan_outside'], '--vol1', p['vol1'], '--tile', '16', '--mask', p['vol0']],
+       f'{p["nan_outside"]}: holds non-finite values (NaN or inf) in the tile at'),
+      (base + ['--vol0', p['vol0'], '--vol1', str(root / 'absent.npy')], 'absent.npy: no such file'),
+      (base + ['--vol0', p['unknown'], '--vol1', p['vol1']], "unknown format '.xyz'"),
+      (['--checkpoint', p['garbage'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output', out],
+       f'error: {p["garbage"]}: '),
+      (['--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output', str(root / 'f.raw')],
+       "cannot write a flow as '.raw'"),
+      (['--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output',
+        str(root / 'a_file' / 'flow.npy')], 'a_file is not a directory'),
+      (['--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output', p['vol0']],
+       '--output would overwrite an input'),
+      (['--vol0', p['vol0'], '--vol1', p['vol1'], '--output', out], '--checkpoint is required'),
+      (['--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--output', out], 'missing --vol1'),
+      (['--demo', '--vol0', p['vol0']], '--demo makes its own volumes; drop --vol0'),
+      (['--demo', '--demo_output', str(root / 'demo.jpg')], '--demo_output must be a .png'),
   ]
-  for args, fragment in cases:
-    run = _infer('--checkpoint', p['ckpt'], '--output', out, *args)
-    assert run.returncode == 1, (args, run.stderr)
-    assert fragment in run.stderr.strip().splitlines()[-1], (args, run.stderr)
-    assert 'Traceback' not in run.stderr and not os.path.exists(out)
-  run = _infer('--checkpoint', p['garbage'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output', out)
-  assert run.returncode == 1 and f'error: {p["garbage"]}: ' in run.stderr and not os.path.exists(out)
-  run = _infer('--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output', str(root / 'f.raw'))
-  assert run.returncode == 1 and "cannot write a flow as '.raw'" in run.stderr
+  for run, (args, fragment) in zip(refuse_all(cases, cache_dir), cases):
+    assert_refused(run, fragment, [root])
+    assert not os.path.exists(out) and not os.path.exists(root / 'demo.jpg'), args
+  np.testing.assert_array_equal(np.load(p['vol0']), np.load(p['vol0']))  # the input is untouched
+  assert sorted(os.listdir(root)) == sorted(['ckpt', 'a_file', 'garbage.pth', 'vol0.xyz'] + [
+      f'{n}.npy' for n in ('vol0', 'vol1', 'small', 'mask', 'nan', 'nan_outside', 'flat', 'empty', 'huge0',
+                           'huge1')] + ['out'] * os.path.isdir(root / 'out'))
+
+
+def test_infer_cli_help_documents_every_flag():
+  run = infer_cli('--help')
+  assert run.returncode in (0, 1) and not run.stderr  # absl's --help exits 1 by design
+  assert run.stdout.startswith('Estimates the displacement field') and 'python infer.py --demo' in run.stdout
+  for flag in ('checkpoint', 'vol0', 'vol1', 'output', 'mask', 'data_dir', 'output_dir', 'output_format',
+               'strategy', 'iters', 'tile', 'overlap', 'blend', 'batch', 'coarse_checkpoint', 'demo',
+               'demo_size', 'demo_output', 'seed', 'progress'):
+    line = next((l for l in run.stdout.splitlines() if l.strip().startswith(f'--{flag}:')
+                 or l.strip().startswith(f'--[no]{flag}:')), None)
+    assert line is not None and len(line.split(':', 1)[1].strip()) > 3, flag

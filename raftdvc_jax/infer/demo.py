@@ -29,6 +29,22 @@ def make_pair(stride: int = 4, size: int | None = None, seed: int = 0, deformati
   return synthetic.make_pair(synthetic.preset(name, **changes), seed)
 
 
+def random_variables(cfg, seed: int = 0):
+  """Randomly initialised weights of a network (init_params), for running the pipeline without trained ones.
+
+  Compiled without XLA's optimisation passes: the initialisers' random-bit kernels run once, and optimising
+  them took 14-37 s on 2 busy CPU cores against 5-10 s unoptimised (docs/performance.md, "Inference CLI").
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.raft import init_params  # pylint: disable=import-outside-toplevel
+  before = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    return jax.device_get(init_params(cfg, jax.random.key(seed)))
+  finally:
+    jax.config.update('jax_disable_most_optimizations', before)
+
+
 def epe_stats(flow: np.ndarray, truth: np.ndarray, mask=None) -> dict:
   """End-point error statistics of a flow (3, X0, X1, X2) against the truth, over the mask if given."""
   flow, truth = np.asarray(flow, np.float32), np.asarray(truth, np.float32)

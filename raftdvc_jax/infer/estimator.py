@@ -1,35 +1,42 @@
-"""Whole-volume flow estimation with a fixed set of weights, compiled once per volume shape."""
+"""Flow estimation with a fixed set of weights: whole volume or tiled, on one compiled path per tile shape."""
 
 from __future__ import annotations
 
 import collections
 import functools
+import math
 import threading
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from raftdvc_jax.infer import memory
+from raftdvc_jax.infer import tiled as tiled_runner
+from raftdvc_jax.infer import tiling
 from raftdvc_jax.model.config import ModelConfig
 from raftdvc_jax.model.raft import RAFTDVC
 
 
-# (config, volume shape, iters) -> how many times the network was traced for it; 1 once compiled.
+# (config, tile shape, iters) -> how many times the network was traced for it; 1 once compiled.
 TRACES: collections.Counter = collections.Counter()
 
 
 @functools.lru_cache(maxsize=16)
-def _flow_fn(config: ModelConfig, corr_method: str, dtype, iters: int) -> Callable:
-  """A jitted (variables, vol0, vol1) -> flow (3, X0, X1, X2); shared by every estimator with this config."""
-  model = RAFTDVC(config, corr_method=corr_method, dtype=dtype)
+def _tile_fn(config: ModelConfig, corr_method: str, dtype, iters: int) -> Callable:
+  """The tile function (variables, vol0, vol1[, flow_init]) -> (B, t0, t1, t2, 3) of one network.
 
-  def run(variables, vol0, vol1):
-    TRACES[config, tuple(vol0.shape), iters] += 1  # runs at trace time only
-    out = model.apply(variables, vol0[None], vol1[None], iters=iters)
-    return jnp.moveaxis(out.flow[0], -1, 0)  # channel-last on device -> (3, X0, X1, X2) for the caller
+  Cached so that every estimator with this network shares one function object: the runner's compiled
+  programs are keyed by it, so a fresh object per call would compile again.
+  """
+  apply = tiled_runner.model_apply_fn(RAFTDVC(config, corr_method=corr_method, dtype=dtype), iters)
 
-  return jax.jit(run)
+  def counted(variables, vol0, vol1, flow_init=None):
+    TRACES[config, tuple(vol0.shape[1:]), iters] += 1  # runs at trace time only
+    return apply(variables, vol0, vol1, flow_init)
+
+  return counted
 
 
 def _as_volume(v: Any, name: str) -> np.ndarray:
@@ -41,12 +48,31 @@ def _as_volume(v: Any, name: str) -> np.ndarray:
   return a.astype(np.float32, copy=False)
 
 
+def _array_like(v: Any):
+  """v itself when it has a shape and dtype (an array, memmap or lazy reader), else np.asarray(v)."""
+  return v if hasattr(v, 'shape') and hasattr(v, 'dtype') else np.asarray(v)
+
+
+def balanced_batch(cap: int, tiles: int, devices: int = 1) -> int:
+  """The smallest batch (a multiple of devices, <= cap) that needs as few batches as cap does.
+
+  The runner pads the last batch with repeats, so 100 tiles in batches of 64 would compute 28 wasted tiles;
+  two batches of 50 compute none.
+  """
+  cap = max(int(cap), devices)
+  if tiles <= 0:
+    return devices
+  batches = math.ceil(tiles / cap)
+  return min(cap, -(-math.ceil(tiles / batches) // devices) * devices)
+
+
 class FlowEstimator:
   """Estimates the displacement field between two volumes with one network and its weights.
 
   `estimator(vol0, vol1)` returns float32 (3, X0, X1, X2): channel c is the displacement along array axis c,
-  from the reference vol0 to the deformed vol1 (vol1(x + u(x)) ~ vol0(x)). The network is compiled once per
-  (volume shape, iterations) and reused; the weights stay on the device between calls.
+  from the reference vol0 to the deformed vol1 (vol1(x + u(x)) ~ vol0(x)). `estimator.tiled(...)` covers a
+  large volume with blended tiles; the whole volume is its one-tile case. The network is compiled once per
+  (tile shape, batch, iterations) and reused; the weights stay on the devices between calls.
   """
 
   def __init__(self, config: ModelConfig, variables: Mapping, corr_method: str = 'auto', dtype=None,
@@ -60,7 +86,10 @@ class FlowEstimator:
     self._net_config = config.replace(iters=1)
     self._corr_method = corr_method
     self._dtype = dtype
-    self._variables = jax.device_put({k: v for k, v in variables.items() if k in ('params', 'batch_stats')})
+    # Replicated over the local devices as the runner wants them, so no call copies the weights again.
+    replicated = NamedSharding(tiled_runner.data_mesh(), PartitionSpec())
+    self._variables = jax.device_put({k: v for k, v in variables.items() if k in ('params', 'batch_stats')},
+                                     replicated)
     self.provenance = dict(provenance or {})
     self._lock = threading.Lock()
 
@@ -85,11 +114,14 @@ class FlowEstimator:
       raise ValueError(f'iters must be a positive integer, got {iters!r}')
     return int(iters)
 
-  def check_inputs(self, vol0, vol1) -> tuple[np.ndarray, np.ndarray]:
-    """float32 copies (or views) of a valid volume pair; ValueError naming the problem otherwise."""
+  def _check_channels(self) -> None:
     if self._config.input_channels != 1:
       raise ValueError(f'this network takes {self._config.input_channels}-channel volumes; FlowEstimator runs '
                        'single-channel ones only')
+
+  def check_inputs(self, vol0, vol1) -> tuple[np.ndarray, np.ndarray]:
+    """float32 copies (or views) of a valid volume pair; ValueError naming the problem otherwise."""
+    self._check_channels()
     a, b = _as_volume(vol0, 'vol0'), _as_volume(vol1, 'vol1')
     if a.shape != b.shape:
       raise ValueError(f'vol0 and vol1 differ in shape: {a.shape} vs {b.shape}')
@@ -103,17 +135,60 @@ class FlowEstimator:
     return a, b
 
   def traces(self, shape, iters: Optional[int] = None) -> int:
-    """How often the network was traced for this volume shape and iteration count (1 after the first call)."""
+    """How often the network was traced for this tile (or whole-volume) shape and iteration count."""
     return TRACES[self._net_config, tuple(shape), self._iters(iters)]
 
+  def plan(self, shape: Sequence[int], tile=0, overlap: float = 0.5, mask=None,
+           batch: Optional[int] = None) -> tuple[tiling.TilePlan, int]:
+    """The tile plan of a volume and the batch it will run in; raises before any work if either cannot run.
+
+    Without a batch, picks the largest that fits the device (one tile per device on CPUs, where batching
+    measured no gain), spread evenly over the batches; a tile that does not fit even alone raises
+    memory.TileTooLargeError naming a tile size that would.
+    """
+    plan = tiling.plan_tiles(shape, tile, overlap, self._config.min_size)
+    if batch is not None:
+      if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f'batch must be a positive integer, got {batch!r}')
+      return plan, int(batch)
+    devices = jax.local_device_count()
+    cpu = jax.local_devices()[0].platform == 'cpu'
+    cap = memory.pick_batch(self._config, plan.tile, devices=devices, max_per_device=1 if cpu else 64)
+    tiles = plan.num_tiles if mask is None else len(plan.select(mask))
+    return plan, balanced_batch(cap, tiles, devices)
+
+  def tiled(self, vol0, vol1, tile=64, overlap: float = 0.5, blend: str = 'gaussian',
+            batch: Optional[int] = None, iters: Optional[int] = None, mask=None,
+            flow_init_fn: Optional[Callable] = None, progress: bool = False, return_summary: bool = False,
+            memmap: Optional[bool] = None):
+    """Flow (3, X0, X1, X2) float32 from vol0 to vol1 over blended tiles of one shape.
+
+    tile is N, (X, Y, Z) or 'X,Y,Z' (0 = whole axis; a tile at least the volume's size is one whole-volume
+    pass). vol0/vol1 may be memory maps or lazy readers: only the tiles are read. batch=None picks the
+    largest batch that fits the device (see plan). mask skips tiles without a mask voxel and zeroes the
+    flow outside it. flow_init_fn(origin, tile) -> (h0, h1, h2, 3) starts each tile from a given flow in
+    feature voxels (coarse_to_fine.flow_init_fn). return_summary adds the runner's summary dict.
+    """
+    iters = self._iters(iters)
+    self._check_channels()
+    vol0, vol1 = _array_like(vol0), _array_like(vol1)
+    mask = None if mask is None else _array_like(mask)
+    shape = tiled_runner.validate_pair(vol0, vol1, mask)
+    if blend not in tiling.BLENDS:  # before the memory plan, which would not look at it
+      raise ValueError(f'blend {blend!r} is not one of {", ".join(tiling.BLENDS)}')
+    _, batch = self.plan(shape, tile, overlap, mask, batch)
+    fn = _tile_fn(self._net_config, self._corr_method, self._dtype, iters)
+    with self._lock:  # one run at a time: the runner owns the devices while it streams tiles
+      return tiled_runner.run_tiled(fn, vol0, vol1, tile, overlap, blend, batch, mask, flow_init_fn, progress,
+                                    params=self._variables, min_size=self._config.min_size,
+                                    init_stride=self._config.stride, memmap=memmap,
+                                    return_summary=return_summary)
+
   def __call__(self, vol0, vol1, iters: Optional[int] = None) -> np.ndarray:
-    """Flow (3, X0, X1, X2) float32 from vol0 to vol1, whole volume in one pass."""
+    """Flow (3, X0, X1, X2) float32 from vol0 to vol1, whole volume in one pass (tiled's one-tile case)."""
     iters = self._iters(iters)
     a, b = self.check_inputs(vol0, vol1)
-    fn = _flow_fn(self._net_config, self._corr_method, self._dtype, iters)
-    with self._lock:  # one device call at a time; jit's cache is keyed by the input shape
-      flow = fn(self._variables, a, b)
-      return np.asarray(jax.device_get(flow), dtype=np.float32)
+    return self.tiled(a, b, tile=0, batch=1, iters=iters)
 
   def __repr__(self) -> str:
     c = self._config

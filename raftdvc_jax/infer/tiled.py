@@ -30,10 +30,19 @@ _COMPILED_MAX = 8
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'raftdvc_jax', 'xla')
 
 
-def enable_compilation_cache(path: str | None = None) -> str:
-  """Turns on JAX's persistent compilation cache (so a tile shape compiles once across runs); returns its dir."""
-  path = path or os.environ.get('RAFTDVC_JAX_CACHE', DEFAULT_CACHE_DIR)
-  os.makedirs(path, exist_ok=True)
+def enable_compilation_cache(path: str | None = None) -> str | None:
+  """Turns on JAX's persistent compilation cache (so a tile shape compiles once across runs); returns its dir.
+
+  Returns None, leaving the cache off, when the directory cannot be created or written: the cache only saves
+  time, so it must never stop a run.
+  """
+  path = path or os.environ.get('RAFTDVC_JAX_CACHE') or DEFAULT_CACHE_DIR
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return None
+  if not os.access(path, os.W_OK | os.X_OK):
+    return None
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   return path
@@ -119,6 +128,12 @@ class Progress:
     if self.done >= self.total:
       self.stream.write('\n')
     self.stream.flush()
+
+  def close(self) -> None:
+    """Ends a bar left unfinished (a run that failed), so that the next message starts on its own line."""
+    if self.enabled and 0 < self.done < self.total:
+      self.stream.write('\n')
+      self.stream.flush()
 
 
 def _batches_in_background(make_batch: Callable, chunks: list, depth: int = 2):
@@ -233,13 +248,16 @@ def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, ble
 
   pending = None
   chunks = list(tiling.iter_batches(origins, batch))
-  for chunk, arrays in _batches_in_background(make_batch, chunks):
-    out = compiled(params, *arrays) if params is not None else compiled(*arrays)  # dispatched asynchronously
+  try:
+    for chunk, arrays in _batches_in_background(make_batch, chunks):
+      out = compiled(params, *arrays) if params is not None else compiled(*arrays)  # dispatched asynchronously
+      if pending is not None:
+        blend_in(*pending)
+      pending = (chunk, out)
     if pending is not None:
       blend_in(*pending)
-    pending = (chunk, out)
-  if pending is not None:
-    blend_in(*pending)
+  finally:
+    bar.close()
   flow = stitcher.result(mask)
   seconds = time.perf_counter() - t_start
   if not return_summary:
