@@ -1,0 +1,154 @@
+"""Training checkpoints: an Orbax CheckpointManager in WORKDIR/checkpoints, readable by the inference side.
+
+Layout of a run directory:
+
+  WORKDIR/model_config.json            the ModelConfig of the run
+  WORKDIR/config.json                  the whole training config, as run
+  WORKDIR/metrics.jsonl                one JSON record per log / eval / checkpoint step
+  WORKDIR/checkpoints/<step>/          one Orbax step directory per saved step:
+      variables/                       {'params'[, 'batch_stats']}: what orbax_io.load_variables reads
+      train_state/                     {'step', 'opt_state', 'rng'}
+      meta/metadata                    JSON: step, data position, model and training config, library version
+      metrics/metrics                  JSON: validation metrics of that step (val_epe ...), used for 'best'
+      model_config.json                the ModelConfig again, so that a step directory loads on its own
+
+So `raftdvc_jax.load(WORKDIR/checkpoints/<step>)` and `orbax_io.load_variables(...)` take a step directory
+directly, and `resolve(WORKDIR)` names the step directory to use (best by validation EPE, else latest).
+Kept: the last `keep` steps and the best one by val_epe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+MODEL_CONFIG = 'model_config.json'
+CHECKPOINTS = 'checkpoints'
+BEST_METRIC = 'val_epe'
+
+
+def write_json_atomic(path, obj: Any) -> None:
+  """Writes JSON to a temporary file beside `path`, then renames it into place."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(json.dumps(obj, indent=2, sort_keys=True) + '\n')
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _step_dirs(directory: str) -> dict[int, str]:
+  if not os.path.isdir(directory):
+    return {}
+  return {int(n): os.path.join(directory, n) for n in os.listdir(directory)
+          if n.isdigit() and os.path.isdir(os.path.join(directory, n, 'variables'))}
+
+
+def _metric(step_dir: str) -> float | None:
+  try:
+    with open(os.path.join(step_dir, 'metrics', 'metrics')) as f:
+      value = json.load(f).get(BEST_METRIC)
+    return None if value is None else float(value)
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
+def resolve(path, which: str = 'best') -> str:
+  """The step directory to load from a run directory, its checkpoints/ directory or a step directory.
+
+  which: 'best' (lowest val_epe; the latest when no step has one) or 'latest'.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if os.path.isdir(os.path.join(path, 'variables')):
+    return path
+  directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(os.path.join(path, CHECKPOINTS)) else path
+  steps = _step_dirs(directory)
+  if not steps:
+    raise FileNotFoundError(f'{path}: no training checkpoint (expected {CHECKPOINTS}/<step>/variables)')
+  if which == 'best':
+    scored = [(m, s) for s, d in steps.items() if (m := _metric(d)) is not None]
+    if scored:
+      return steps[min(scored)[1]]
+  elif which != 'latest':
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+  return steps[max(steps)]
+
+
+class Checkpoints:
+  """Saves and restores TrainStates under WORKDIR/checkpoints (last `keep` plus the best by val_epe)."""
+
+  def __init__(self, workdir, model_config_json: str, keep: int = 3, track_best: bool = True):
+    # pylint: disable=import-outside-toplevel
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers as policies
+    self._ocp = ocp
+    self.directory = os.path.join(os.path.abspath(os.fspath(workdir)), CHECKPOINTS)
+    self.model_config = json.loads(model_config_json)
+    best = lambda m: m[BEST_METRIC]
+    keep_policies = [policies.LatestN(n=max(1, int(keep)))]
+    if track_best:
+      keep_policies.append(policies.BestN(get_metric_fn=best, reverse=True, n=1,
+                                          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(keep_policies), best_fn=best if track_best else None,
+        best_mode='min', create=True, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    for step_dir in _step_dirs(self.directory).values():
+      self._add_model_config(step_dir)  # a run killed between commit and this file
+
+  def _add_model_config(self, step_dir: str) -> None:
+    if os.path.isdir(step_dir) and not os.path.isfile(os.path.join(step_dir, MODEL_CONFIG)):
+      write_json_atomic(os.path.join(step_dir, MODEL_CONFIG), self.model_config)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step()
+
+  def save(self, state, meta: Mapping[str, Any], metrics: Mapping[str, float] | None) -> None:
+    """Saves `state` at its step with JSON `meta` and validation `metrics`; blocks until it is on disk."""
+    ocp = self._ocp
+    step = int(meta['step'])
+    if step in self.manager.all_steps():
+      return
+    train_state = {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
+    args = ocp.args.Composite(variables=ocp.args.StandardSave(state.variables),
+                              train_state=ocp.args.StandardSave(train_state),
+                              meta=ocp.args.JsonSave(dict(meta)))
+    self.manager.save(step, args=args, metrics=None if metrics is None else dict(metrics), force=True)
+    self.manager.wait_until_finished()
+    self._add_model_config(os.path.join(self.directory, str(step)))
+
+  def restore(self, template, step: int | None = None):
+    """(state, meta) of `step` (default latest), with the shapes, dtypes and shardings of `template`."""
+    import jax  # pylint: disable=import-outside-toplevel
+    ocp = self._ocp
+    step = self.latest_step() if step is None else step
+    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    train_state = {'step': template.step, 'opt_state': template.opt_state, 'rng': template.rng}
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(abstract(template.variables)),
+          train_state=ocp.args.StandardRestore(abstract(train_state)),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax raises many types for a checkpoint that does not fit (other model, damaged files).
+      message = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ValueError(f'{self.directory}/{step}: cannot restore this checkpoint into the configured model '
+                       f'({message[:300]})') from None
+    variables, ts = restored.variables, restored.train_state
+    state = template.replace(step=ts['step'], params=variables['params'],
+                             batch_stats=variables.get('batch_stats', template.batch_stats),
+                             opt_state=ts['opt_state'], rng=ts['rng'])
+    return state, dict(restored.meta)
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

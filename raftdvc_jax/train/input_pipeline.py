@@ -1,0 +1,145 @@
+"""Training and validation data as config.data describes them, on top of raftdvc_jax.data.
+
+Synthetic by default: an endless on-the-fly stream (or a finite set of `train_size` items) seeded by
+(seed, crc32('train')), and a validation set of the first `val_size` items seeded by (seed, crc32('val')),
+the same samples `tools/make_dataset.py --seed S --split val` writes. Or a dataset directory: `dir` with
+train/ and val/ splits (RAFT-DVC .npz samples, or vol0/ vol1/ flow/ folders of .npy), or `dir` + `val_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from raftdvc_jax import data as data_lib
+from raftdvc_jax.data import datasets, synthetic
+
+
+def split_seed(seed: int, split: str) -> tuple[int, int]:
+  """The SyntheticDataset seed of a split (as tools/make_dataset.py derives it)."""
+  return (int(seed), zlib.crc32(split.encode('utf-8')))
+
+
+class ProcessShard:
+  """Items index, index + count, ... of a dataset: the disjoint part one of `count` processes loads."""
+
+  def __init__(self, dataset, index: int, count: int):
+    self.dataset, self.index, self.count = dataset, index, count
+
+  def __getitem__(self, i: int):
+    return self.dataset[i * self.count + self.index]
+
+
+class FiniteProcessShard(ProcessShard):
+
+  def __len__(self) -> int:
+    return len(range(self.index, len(self.dataset), self.count))
+
+
+class FiniteView:
+  """The first `length` items of an endless dataset, as a finite one (walked in a new order each epoch)."""
+
+  def __init__(self, dataset, length: int):
+    self.dataset, self.length = dataset, length
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, i: int):
+    if not 0 <= i < self.length:
+      raise IndexError(i)
+    return self.dataset[i]
+
+
+def open_directory(path) -> Any:
+  """A dataset directory: vol0/ vol1/ flow/ folders of .npy, or .npz samples."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise data_lib.VolumeError(f'{path}: no such dataset directory')
+  if os.path.isdir(os.path.join(path, 'vol0')):
+    return datasets.PairDirectoryDataset(path)
+  return datasets.NpzDataset(path)
+
+
+def _split_dirs(cfg: Mapping[str, Any]) -> tuple[str, str | None]:
+  root = os.fspath(cfg['dir'])
+  train = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
+  val = cfg.get('val_dir') or None
+  if val is None and os.path.isdir(os.path.join(root, 'val')):
+    val = os.path.join(root, 'val')
+  return train, val
+
+
+def synthetic_config(cfg: Mapping[str, Any]) -> synthetic.SyntheticConfig:
+  return synthetic.SyntheticConfig.from_dict(dict(cfg['synthetic']))
+
+
+def train_dataset(cfg: Mapping[str, Any], seed: int, process_index: int = 0, process_count: int = 1):
+  """The training dataset (this process's part of it)."""
+  if cfg.get('dir'):
+    ds = open_directory(_split_dirs(cfg)[0])
+  else:
+    ds = datasets.SyntheticDataset(synthetic_config(cfg), split_seed(seed, 'train'))
+    if cfg.get('train_size', 0):
+      ds = FiniteView(ds, int(cfg['train_size']))
+  if process_count == 1:
+    return ds
+  shard = FiniteProcessShard if hasattr(ds, '__len__') else ProcessShard
+  return shard(ds, process_index, process_count)
+
+
+def augmentation(cfg: Mapping[str, Any]) -> data_lib.Augment | None:
+  """config.data.augment as an Augment (None when it does nothing)."""
+  a = cfg.get('augment') or {}
+  flip_prob = float(a.get('flip_prob', 0.0))
+  planes = tuple(tuple(p) for p in a.get('rot90_planes', ()) or ())
+  crop = a.get('crop') or None
+  if isinstance(crop, (list, tuple)):
+    crop = tuple(int(c) for c in crop)
+  if flip_prob == 0 and not planes and crop is None:
+    return None
+  return data_lib.Augment(flip_prob=flip_prob, planes=planes, crop=crop)
+
+
+def train_batches(cfg: Mapping[str, Any], batch_size: int, seed: int, start_step: int,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This process's host batches of step start_step, start_step + 1, ... (background-loaded)."""
+  ds = train_dataset(cfg, seed, process_index, process_count)
+  return datasets.batches(ds, batch_size, seed=int(seed), shuffle=True, augment=augmentation(cfg),
+                          start_step=start_step, num_workers=int(cfg.get('num_workers', 2)),
+                          prefetch=int(cfg.get('prefetch', 2)), processes=bool(cfg.get('processes', False)))
+
+
+def validation_set(cfg: Mapping[str, Any], seed: int) -> list[dict[str, np.ndarray]]:
+  """The fixed validation samples ({'vol0', 'vol1', 'flow'[, 'mask']}), loaded once; [] when val_size is 0."""
+  n = int(cfg.get('val_size', 0))
+  if n <= 0:
+    return []
+  if cfg.get('dir'):
+    val_dir = _split_dirs(cfg)[1]
+    if val_dir is None:
+      raise ValueError(f'{cfg["dir"]}: no val/ split for validation; set config.data.val_dir, or '
+                       'config.data.val_size=0 to train without validation')
+    ds = open_directory(val_dir)
+    n = min(n, len(ds))
+  else:
+    ds = datasets.SyntheticDataset(synthetic_config(cfg), split_seed(seed, 'val'))
+  keys = ('vol0', 'vol1', 'flow', 'mask')
+  return [{k: np.asarray(s[k], np.float32) for k in keys if k in s} for s in (ds[i] for i in range(n))]
+
+
+def validation_batches(samples, batch_size: int):
+  """Groups of equal-shape samples, stacked, `batch_size` at most; the last of a group is padded by repeating
+  its first sample. Yields (batch, number of real samples)."""
+  groups: dict[tuple, list] = {}
+  for s in samples:
+    groups.setdefault(tuple(s['flow'].shape) + ('mask' in s,), []).append(s)
+  for group in groups.values():
+    for i in range(0, len(group), batch_size):
+      chunk = group[i:i + batch_size]
+      real = len(chunk)
+      chunk = chunk + [chunk[0]] * (batch_size - real)
+      yield datasets.collate(chunk), real

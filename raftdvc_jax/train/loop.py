@@ -1,0 +1,326 @@
+"""The trainer: one readable loop from config to checkpoints (big_vision style).
+
+train_and_evaluate(config, workdir) builds the model, optimizer and data from an ml_collections config,
+resumes from WORKDIR/checkpoints when there is a checkpoint (running the same command again continues exactly
+where the last one stopped; a larger num_steps trains on), and writes WORKDIR/metrics.jsonl, TensorBoard
+events and Orbax checkpoints (layout in checkpoint.py). SIGTERM / SIGINT stop it at the next step boundary
+with a checkpoint. config.init_from (converted or PyTorch weights to fine-tune) only seeds a fresh run; a run
+directory with checkpoints always resumes from them.
+
+Determinism: batch `s` depends only on (seed, s), the state is restored bit for bit, and metrics are written at
+fixed steps (every log_every, eval_every and checkpoint_every step and the last), so a resumed run writes the
+same records as an uninterrupted one (steps_per_s aside).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from raftdvc_jax import metrics as metrics_lib
+from raftdvc_jax.data import synthetic
+from raftdvc_jax.model.config import ModelConfig
+from raftdvc_jax.model.raft import RAFTDVC
+from raftdvc_jax.train import checkpoint as ckpt_lib
+from raftdvc_jax.train import input_pipeline
+from raftdvc_jax.train import schedule as schedule_lib
+from raftdvc_jax.train import state as state_lib
+from raftdvc_jax.train import step as step_lib
+from raftdvc_jax.train.progress import Progress
+from raftdvc_jax.train.tensorboard import SummaryWriter
+
+COMPUTE_DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
+METRICS_FILE = 'metrics.jsonl'
+CONFIG_FILE = 'config.json'
+
+
+def _plain(cfg) -> dict[str, Any]:
+  """A ConfigDict (or mapping) as plain JSON-ready Python data."""
+  d = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+  return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def validate(config) -> ModelConfig:
+  """Checks a training config; returns its ModelConfig. Raises ValueError with one line naming the field."""
+  model_cfg = ModelConfig.from_dict(_plain(config.model))
+  t = config.train
+  for name in ('num_steps', 'batch_size', 'grad_accum', 'log_every', 'eval_every', 'checkpoint_every',
+               'keep_checkpoints'):
+    if int(t[name]) < 1:
+      raise ValueError(f'config.train.{name} must be >= 1, got {t[name]}')
+  if t.batch_size % t.grad_accum:
+    raise ValueError(f'config.train.batch_size {t.batch_size} is not a multiple of grad_accum {t.grad_accum}')
+  if not t.lr > 0:
+    raise ValueError(f'config.train.lr must be > 0, got {t.lr}')
+  if t.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'config.train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {t.compute_dtype!r}')
+  if t.seed < 0:
+    raise ValueError(f'config.train.seed must be >= 0, got {t.seed}')
+  schedule_lib.from_config(_plain(t.schedule), t.num_steps, t.lr)  # raises on a bad schedule
+  loss = _plain(t.loss)
+  if loss.get('components', 'sum') not in ('sum', 'mean'):
+    raise ValueError(f"config.train.loss.components must be 'sum' or 'mean', got {loss.get('components')!r}")
+  d = config.data
+  if d.get('dir'):
+    if not os.path.isdir(d.dir):
+      raise ValueError(f'{d.dir}: config.data.dir is not a directory')
+    sizes = [d.augment.crop] if d.augment.get('crop') else []
+  else:
+    syn = synthetic.SyntheticConfig.from_dict(_plain(d.synthetic))
+    sizes = [d.augment.crop] if d.augment.get('crop') else [syn.shape]
+  for size in sizes:
+    size = (size,) * 3 if np.isscalar(size) else tuple(size)
+    if min(size) < model_cfg.min_size:
+      raise ValueError(f'training volumes of {size} are smaller than the {model_cfg.min_size} voxels per side '
+                       f'this model needs (stride {model_cfg.stride}, {model_cfg.corr_levels} levels)')
+  return model_cfg
+
+
+def _check_workdir(workdir: str, model_cfg: ModelConfig) -> None:
+  path = os.path.join(workdir, ckpt_lib.MODEL_CONFIG)
+  if os.path.isfile(path):
+    try:
+      with open(path) as f:
+        old = ModelConfig.from_dict(json.load(f))
+    except (ValueError, TypeError) as e:
+      raise ValueError(f'{path}: not a model config ({e})') from None
+    if old != model_cfg:
+      raise ValueError(f'{path}: this run directory holds a different model ({old.to_json()}); '
+                       'use a new --workdir')
+
+
+def _read_records(path: str, upto: int) -> list[str]:
+  """Lines of metrics.jsonl with step <= upto (what the checkpoint being resumed had seen)."""
+  if not os.path.isfile(path):
+    return []
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)['step'] <= upto:
+          keep.append(line if line.endswith('\n') else line + '\n')
+      except (ValueError, KeyError, TypeError):
+        continue  # a line cut short by a kill
+  return keep
+
+
+class _StopFlag:
+  """Set by SIGTERM / SIGINT; the loop checks it at step boundaries."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.signal is not None:  # a second Ctrl-C: stop now
+      raise KeyboardInterrupt
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _replicate(tree, sharding):
+  """Host (or single-device) arrays -> global arrays with `sharding` (replicated), on one or many hosts."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def evaluate(eval_step, variables, samples, batch_size: int, mesh) -> dict[str, float]:
+  """Endpoint error of the final flow over every (valid) voxel of the validation samples."""
+  sharding = step_lib.batch_sharding(mesh, accumulated=False)
+  pid, pcount = jax.process_index(), jax.process_count()
+  errors = []
+  for batch, real in input_pipeline.validation_batches(samples, batch_size):
+    local = batch_size // pcount
+    part = {k: batch[k][pid * local:(pid + 1) * local] for k in ('vol0', 'vol1', 'flow')}
+    epe = eval_step(variables, step_lib.to_device(part, sharding))
+    if pcount > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      epe = multihost_utils.process_allgather(epe, tiled=True)
+    epe = np.asarray(epe)[:real]
+    if 'mask' in batch:
+      epe = epe[batch['mask'][:real] >= 0.5]
+    errors.append(epe.ravel())
+  stats = metrics_lib.summarize(np.concatenate(errors), quantiles=('median', 'p90'))
+  return {'val_epe': stats['mean'], 'val_epe_median': stats['median'], 'val_epe_p90': stats['p90']}
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple):
+  """(mesh, tx, schedule, jitted train step, jitted eval step) for one model and config.train.
+
+  Cached, so that runs of one config in one process (resume, train on, sweeps, tests) compile once.
+  """
+  t = json.loads(train_json)
+  mesh = step_lib.make_mesh(devices)
+  model = RAFTDVC(model_cfg, corr_method=t['corr_method'], dtype=COMPUTE_DTYPES[t['compute_dtype']],
+                  remat=t['remat'])
+  schedule = schedule_lib.from_config(t['schedule'], t['num_steps'], t['lr'])
+  tx = state_lib.optimizer(schedule, t['weight_decay'], t['clip_norm'])
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule, t['loss']), mesh)
+  return mesh, tx, schedule, train_step, step_lib.make_eval_step(model, mesh)
+
+
+def _window_record(step: int, window: list, seconds: float | None, timed_steps: int) -> dict[str, Any]:
+  host = jax.device_get(window)
+  mean = lambda k: float(np.mean([m[k] for m in host], dtype=np.float64))
+  return {'step': step, 'train_loss': mean('loss'), 'train_epe': mean('epe'), 'lr': float(host[-1]['lr']),
+          'grad_norm': mean('grad_norm'),
+          'steps_per_s': timed_steps / seconds if seconds and timed_steps > 0 else None}
+
+
+def train_and_evaluate(config, workdir, *, stop_after: int | None = None, progress: bool = True) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; returns the last metrics record.
+
+  stop_after: stop right after that step's metrics, without a checkpoint, as a kill would (for tests).
+  """
+  model_cfg = validate(config)
+  t = config.train
+  workdir = os.path.abspath(os.fspath(workdir))
+  lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  _check_workdir(workdir, model_cfg)
+  if lead:
+    ckpt_lib.write_json_atomic(os.path.join(workdir, ckpt_lib.MODEL_CONFIG), model_cfg.to_dict())
+    ckpt_lib.write_json_atomic(os.path.join(workdir, CONFIG_FILE), _plain(config))
+
+  # Devices, model, optimizer and the compiled steps.
+  program_keys = ('corr_method', 'compute_dtype', 'remat', 'schedule', 'num_steps', 'lr', 'weight_decay',
+                  'clip_norm', 'loss')
+  train_cfg = {k: _plain(t)[k] for k in program_keys}
+  if train_cfg['schedule'].get('name') != 'onecycle':
+    train_cfg['num_steps'] = 0  # only OneCycle depends on the run length: training on reuses the program
+  train_json = json.dumps(train_cfg, sort_keys=True)
+  mesh, tx, _, train_step, eval_step = _programs(model_cfg, train_json, tuple(jax.devices()))
+  accum = int(t.grad_accum)
+  micro = t.batch_size // accum
+  if micro % mesh.size:
+    raise ValueError(f'the micro-batch (batch_size / grad_accum = {micro}) must be a multiple of the '
+                     f'{mesh.size} devices')
+  pcount = jax.process_count()
+  if t.batch_size % pcount:
+    raise ValueError(f'config.train.batch_size {t.batch_size} must be a multiple of the {pcount} processes')
+  repl = step_lib.replicated(mesh)
+
+  # Data: the validation set is fixed and held in memory; training batches stream from background threads.
+  val_samples = input_pipeline.validation_set(config.data, t.seed)
+  val_batch = int(t.get('val_batch_size', 0) or micro)
+  val_batch = -(-val_batch // mesh.size) * mesh.size
+
+  # State: resume, or start from init_from / a fresh initialisation.
+  ckpts = ckpt_lib.Checkpoints(workdir, model_cfg.to_json(), keep=t.keep_checkpoints,
+                               track_best=bool(val_samples))
+  start = ckpts.latest_step()
+  if start is None:
+    variables = state_lib.load_pretrained(config.init_from, model_cfg) if config.get('init_from') else None
+    state = _replicate(state_lib.create(model_cfg, tx, t.seed, variables), repl)
+    start = 0
+  else:
+    shapes = state_lib.abstract(model_cfg, tx)
+    template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+    state, _ = ckpts.restore(template, start)
+  step = int(jax.device_get(state.step))
+
+  metrics_path = os.path.join(workdir, METRICS_FILE)
+  writer = None
+  if lead:
+    kept = _read_records(metrics_path, step)
+    with open(metrics_path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(metrics_path + '.tmp', metrics_path)
+    writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), start_step=step + 1 if step else None)
+
+  def write_record(record):
+    if lead:
+      with open(metrics_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+      writer.scalars(record['step'], {('val/' if k.startswith('val_') else 'train/') + k.removeprefix('val_')
+                                      .removeprefix('train_'): v for k, v in record.items() if k != 'step'})
+
+  last = {'step': step}
+  if step >= t.num_steps:
+    print(f'{workdir}: already at step {step} of {t.num_steps}; nothing to do (raise config.train.num_steps '
+          'to train on)', file=sys.stderr)
+    ckpts.close()
+    if writer:
+      writer.close()
+    return last
+
+  batch_sharding = step_lib.batch_sharding(mesh)
+  batches = input_pipeline.train_batches(config.data, t.batch_size // pcount, t.seed, step,
+                                         jax.process_index(), pcount)
+  bar = Progress(t.num_steps, start=step, enabled=progress and lead)
+
+  def save(state, step, val):
+    meta = {'step': step, 'data_position': step * t.batch_size, 'seed': t.seed,
+            'model_config': model_cfg.to_dict(), 'config': _plain(config), 'time': time.time()}
+    ckpts.save(state, meta, val)
+
+  window, previous = [], None
+  clock, timed = None, 0
+  try:
+    with _StopFlag() as stop:
+      while step < t.num_steps:
+        batch = step_lib.to_device(step_lib.split_accum(next(batches), accum), batch_sharding)
+        state, metrics = train_step(state, batch)
+        step += 1
+        window.append(metrics)
+        if previous is not None:
+          jax.block_until_ready(previous)  # keep the host at most one step ahead of the device
+        previous = metrics
+        if clock is None:  # time steps from the end of the first one: compilation excluded
+          jax.block_until_ready(metrics)
+          clock = time.perf_counter()
+        else:
+          timed += 1
+
+        interrupted = stop.signal is not None
+        is_ckpt = step % t.checkpoint_every == 0 or step == t.num_steps or interrupted
+        is_eval = bool(val_samples) and (step % t.eval_every == 0 or is_ckpt)
+        if is_ckpt or is_eval or step % t.log_every == 0:
+          record = _window_record(step, window, time.perf_counter() - clock, timed)
+          window = []
+          val = evaluate(eval_step, state.variables, val_samples, val_batch, mesh) if is_eval else None
+          record.update(val or {})
+          write_record(record)
+          last = record
+          post = f'loss {record["train_loss"]:.4g}' + (f' val_epe {val["val_epe"]:.4g}' if val else '')
+          bar.update(step, post, force=True)
+          if step == stop_after:
+            break
+          if is_ckpt:
+            save(state, step, val)
+          clock, timed = time.perf_counter(), 0
+        else:
+          bar.update(step)
+          if step == stop_after:
+            break
+        if interrupted:
+          print(f'\nstopped by signal {stop.signal} at step {step}; checkpoint saved; run the same command to '
+                'resume', file=sys.stderr)
+          last = dict(last, interrupted=True)
+          break
+  finally:
+    batches.close()  # stops the loader threads
+    bar.close()
+    ckpts.close()
+    if writer:
+      writer.close()
+  return last

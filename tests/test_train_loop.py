@@ -1,0 +1,173 @@
+"""The trainer end to end on a tiny version of configs/smoke.py: learning, kill-and-resume, training on,
+checkpoint layout and fine-tuning sources.
+
+Every run here shares one model and config.train, so the train step compiles once for the whole file.
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import jax
+
+from raftdvc_jax.convert import mapping
+from raftdvc_jax.convert import orbax_io
+from raftdvc_jax.model.config import ModelConfig
+from raftdvc_jax.model.raft import init_params
+from raftdvc_jax.train import checkpoint
+from raftdvc_jax.train import loop
+from raftdvc_jax.train import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(num_steps=6, **data):
+  """configs/smoke.py shrunk to 16^3 volumes, a stride-8 encoder with 16 channels and 2 iterations."""
+  spec = importlib.util.spec_from_file_location('smoke_config', os.path.join(ROOT, 'configs', 'smoke.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.model.update(encoder_type='1/8', feature_dim=16, hidden_dim=16, context_dim=16, corr_levels=2, corr_radius=2,
+                 iters=2)
+  c.data.synthetic.update(size=16, disp_min=0.5, disp_max=1.5, deformation='translation')
+  c.data.val_size = 2
+  c.data.num_workers = 1
+  c.data.augment.update(flip_prob=0.5, rot90_planes=((1, 2),))  # resumed runs must redraw the same augmentation
+  c.data.update(data)
+  c.train.update(num_steps=num_steps, batch_size=2, lr=1e-3, log_every=1, eval_every=2, checkpoint_every=2,
+                 keep_checkpoints=2)
+  # A schedule that does not depend on num_steps (so training on reuses the compiled step) but changes every step
+  # (so a resumed step count that is off shows in the lr).
+  c.train.schedule = dict(name='cyclic', base_lr=1e-4, step_size_up=2, step_size_down=3, mode='triangular2',
+                          steps_per_epoch=1)
+  return c
+
+
+def random_variables(config, seed):
+  """Variables of the right shapes without compiling an initialisation (small normal values)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+  return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
+
+
+def records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def without_timing(recs):
+  return [{k: v for k, v in r.items() if k != 'steps_per_s'} for r in recs]
+
+
+@pytest.fixture(scope='module', name='uninterrupted')
+def _uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  loop.train_and_evaluate(tiny_config(6), workdir, progress=False)
+  return workdir
+
+
+def test_smoke_config_steps_lower_the_loss(tmp_path):
+  # Two fixed pairs, no augmentation: a few steps must fit them better.
+  config = tiny_config(6, train_size=2)
+  config.data.augment.update(flip_prob=0.0, rot90_planes=())
+  loop.train_and_evaluate(config, str(tmp_path), progress=False)
+  losses = [r['train_loss'] for r in records(str(tmp_path))]
+  assert len(losses) == 6 and all(np.isfinite(losses))
+  assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  # "Killed" after step 3: the checkpoint of step 2 exists, metrics of step 3 were already written.
+  loop.train_and_evaluate(tiny_config(6), workdir, stop_after=3, progress=False)
+  assert [r['step'] for r in records(workdir)] == [1, 2, 3]
+  assert checkpoint.resolve(workdir, 'latest').endswith(os.sep + '2')
+  # The same command again resumes from step 2 and must write what the uninterrupted run wrote.
+  last = loop.train_and_evaluate(tiny_config(6), workdir, progress=False)
+  assert last['step'] == 6
+  got, want = records(workdir), records(uninterrupted)
+  assert [r['step'] for r in got] == [1, 2, 3, 4, 5, 6]
+  assert without_timing(got) == without_timing(want)
+  assert {'train_loss', 'lr', 'grad_norm', 'steps_per_s'} <= set(got[0])
+  assert {'val_epe', 'val_epe_median', 'val_epe_p90'} <= set(got[1])
+  _, resumed, _ = orbax_io.load_variables(checkpoint.resolve(workdir, 'latest'))
+  _, straight, _ = orbax_io.load_variables(checkpoint.resolve(uninterrupted, 'latest'))
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_load_for_inference_and_training_goes_on(uninterrupted, tmp_path):
+  config = tiny_config(6)
+  model_config = ModelConfig.from_dict(config.model.to_dict())
+  # The layout the inference side reads: model_config.json beside variables/ in every step directory.
+  with open(os.path.join(uninterrupted, 'model_config.json')) as f:
+    assert ModelConfig.from_dict(json.load(f)) == model_config
+  step_dir = checkpoint.resolve(uninterrupted, 'latest')
+  assert os.path.isfile(os.path.join(step_dir, 'model_config.json'))
+  loaded_config, variables, _ = orbax_io.load_variables(step_dir)
+  assert loaded_config == model_config and set(variables) == {'params'}
+  # Best by validation EPE: the lowest val_epe among the evaluated steps.
+  vals = {r['step']: r['val_epe'] for r in records(uninterrupted) if 'val_epe' in r}
+  assert checkpoint.resolve(uninterrupted) == os.path.join(uninterrupted, 'checkpoints',
+                                                           str(min(vals, key=vals.get)))
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(uninterrupted,
+                                                                                        'tensorboard')))
+
+  # A larger num_steps trains on from the last checkpoint (on a copy, to leave the fixture intact).
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(tiny_config(4), workdir, progress=False)
+  last = loop.train_and_evaluate(tiny_config(8), workdir, progress=False)
+  assert last['step'] == 8 and [r['step'] for r in records(workdir)] == list(range(1, 9))
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  vals = {r['step']: r['val_epe'] for r in records(workdir) if 'val_epe' in r}
+  assert steps == sorted({6, 8, min(vals, key=vals.get)})  # the last 2 and the best
+  # Finished: running again changes nothing.
+  assert loop.train_and_evaluate(tiny_config(8), workdir, progress=False) == {'step': 8}
+  assert len(records(workdir)) == 8
+
+
+def test_config_and_workdir_errors(uninterrupted, tmp_path):
+  config = tiny_config(6)
+  config.train.grad_accum = 3
+  with pytest.raises(ValueError, match='grad_accum'):
+    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+  config = tiny_config(6)
+  config.data.synthetic.size = 8
+  with pytest.raises(ValueError, match='smaller than the 9 voxels'):
+    loop.train_and_evaluate(config, str(tmp_path), progress=False)
+  config = tiny_config(6)
+  config.model.hidden_dim = 24
+  with pytest.raises(ValueError, match='different model'):
+    loop.train_and_evaluate(config, uninterrupted, progress=False)
+
+
+def test_init_from_converted_directory_and_pytorch_file(tmp_path):
+  config = ModelConfig.from_dict(tiny_config().model.to_dict())
+  variables = random_variables(config, 7)
+  converted = orbax_io.save(str(tmp_path / 'converted'), config, variables)
+  got = state_lib.load_pretrained(converted, config)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  # A RAFT-DVC checkpoint file with the same weights.
+  state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in mapping.to_torch(variables, config).items()}
+  model_config = {'encoder_type': config.encoder_type, 'feature_dim': 16, 'hidden_dim': 16, 'context_dim': 16,
+                  'corr_levels': 2, 'corr_radius': 2, 'iters': 2, 'corr_sampler_version': 2}
+  pth = str(tmp_path / 'best_model.pth')
+  torch.save({'model_state_dict': state_dict, 'model_config': model_config, 'epoch': 1}, pth)
+  got = state_lib.load_pretrained(pth, config)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  with pytest.raises(ValueError, match='init_from'):
+    state_lib.load_pretrained(converted, config.replace(hidden_dim=24))
+  # A run with config.init_from starts from those weights: one Adam step (lr <= 1e-3) away from them, while a
+  # fresh initialisation is nowhere near.
+  run = tiny_config(1)
+  run.init_from = pth
+  loop.train_and_evaluate(run, str(tmp_path / 'finetune'), progress=False)
+  _, trained, _ = orbax_io.load_variables(checkpoint.resolve(str(tmp_path / 'finetune')))
+  step = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(variables)))
+  assert 0 < step < 5e-3
