@@ -25,14 +25,18 @@ def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_
          sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None) -> 'FlowEstimator':
   """A FlowEstimator from a converted checkpoint directory or a RAFT-DVC/VolRAFT .pth/.pt file.
 
-  A file is read without executing any code in it and converted in memory (see tools/convert_volraft.py for
-  fmt, volraft_config, encoder_type and sampler). Raises ValueError/OSError with one line naming the file.
+  A training run directory loads its best step (by validation EPE). A file is read without executing any
+  code in it and converted in memory (see tools/convert_volraft.py for fmt, volraft_config, encoder_type
+  and sampler). Raises ValueError/OSError with one line naming the file.
   """
   # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io
   from raftdvc_jax.infer.estimator import FlowEstimator as Estimator
   path = os.fspath(path)
   if os.path.isdir(path):
+    if os.path.isdir(os.path.join(path, 'checkpoints')):  # a training run: take its best step
+      from raftdvc_jax.train.checkpoint import resolve
+      path = resolve(path)
     config, variables, provenance = orbax_io.load_variables(path)
   elif os.path.isfile(path):
     from raftdvc_jax.convert import sources

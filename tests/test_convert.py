@@ -1,6 +1,5 @@
 """Converter: every checkpoint layout converts to a model that matches PyTorch; broken or hostile files are refused."""
 
-import importlib.util
 import json
 import os
 import pickle
@@ -14,6 +13,7 @@ import torch
 from scipy import ndimage
 
 import raftdvc_jax
+from tests.tool_import import import_tool
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.convert import sources
 from raftdvc_jax.model.config import ModelConfig, preset
@@ -409,10 +409,7 @@ def test_cli_converts(tmp_path, volraft_small):
 
 
 def _tool_module():
-  spec = importlib.util.spec_from_file_location('convert_volraft_tool', TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return import_tool('convert_volraft')
 
 
 def test_verify_compares_with_pytorch(tmp_path, volraft_small, capsys):

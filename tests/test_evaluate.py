@@ -1,7 +1,6 @@
 """tools/evaluate.py: per-sample and summary endpoint errors of a checkpoint over a dataset with ground truth."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 
 import jax
 
+from tests.tool_import import import_tool
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.data import io as data_io
 from raftdvc_jax.data import synthetic
@@ -31,10 +31,7 @@ def random_variables(config, seed):
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location('evaluate_tool', os.path.join(ROOT, 'tools', 'evaluate.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return import_tool('evaluate')
 
 
 @pytest.fixture(scope='module', name='setup')

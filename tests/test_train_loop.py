@@ -14,6 +14,7 @@ import torch
 
 import jax
 
+import raftdvc_jax
 from raftdvc_jax.convert import mapping
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.model.config import ModelConfig
@@ -114,6 +115,11 @@ def test_checkpoints_load_for_inference_and_training_goes_on(uninterrupted, tmp_
   vals = {r['step']: r['val_epe'] for r in records(uninterrupted) if 'val_epe' in r}
   assert checkpoint.resolve(uninterrupted) == os.path.join(uninterrupted, 'checkpoints',
                                                            str(min(vals, key=vals.get)))
+  # raftdvc_jax.load takes the run directory itself and picks that best step.
+  estimator = raftdvc_jax.load(uninterrupted)
+  assert estimator.config == model_config
+  best = orbax_io.load_variables(checkpoint.resolve(uninterrupted))[1]
+  np.testing.assert_array_equal(estimator.params['fnet']['conv1']['kernel'], best['params']['fnet']['conv1']['kernel'])
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(uninterrupted,
                                                                                         'tensorboard')))
 
