@@ -87,19 +87,24 @@ def diff(state_dict: Mapping[str, np.ndarray], config: ModelConfig) -> tuple[lis
   return missing, unexpected, misshaped
 
 
+def describe(missing, unexpected, wrong, wrong_label: str = 'mis-shaped') -> str:
+  """One line summarising a key diff: counts and the first few names of each kind."""
+  parts = []
+  if missing:
+    parts.append(f'{len(missing)} missing (e.g. {", ".join(missing[:3])})')
+  if unexpected:
+    parts.append(f'{len(unexpected)} unexpected (e.g. {", ".join(unexpected[:3])})')
+  if wrong:
+    parts.append(f'{len(wrong)} {wrong_label} (e.g. {", ".join(wrong[:3])})')
+  return '; '.join(parts)
+
+
 def check(state_dict: Mapping[str, np.ndarray], config: ModelConfig) -> None:
   """Raises MappingError with a readable diff unless the state dict fits the config exactly."""
   missing, unexpected, misshaped = diff(state_dict, config)
   if missing or unexpected or misshaped:
-    parts = []
-    if missing:
-      parts.append(f'{len(missing)} missing (e.g. {", ".join(missing[:3])})')
-    if unexpected:
-      parts.append(f'{len(unexpected)} unexpected (e.g. {", ".join(unexpected[:3])})')
-    if misshaped:
-      parts.append(f'{len(misshaped)} mis-shaped (e.g. ' +
-                   ', '.join(f'{k} is {a} but the config needs {b}' for k, a, b in misshaped[:3]) + ')')
-    raise MappingError('state dict does not match the model config: ' + '; '.join(parts))
+    wrong = [f'{k} is {a} but the config needs {b}' for k, a, b in misshaped]
+    raise MappingError('state dict does not match the model config: ' + describe(missing, unexpected, wrong))
 
 
 def from_torch(state_dict: Mapping[str, np.ndarray], config: ModelConfig) -> dict:

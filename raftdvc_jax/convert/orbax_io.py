@@ -70,16 +70,11 @@ def check_variables(variables: Mapping, config: ModelConfig, label: str) -> None
   wrong = sorted(k for k in set(want) & set(got)
                  if tuple(np.shape(got[k])) != tuple(want[k].shape) or np.dtype(got[k].dtype) != want[k].dtype)
   if missing or unexpected or wrong:
-    parts = []
-    if missing:
-      parts.append(f'{len(missing)} missing (e.g. {", ".join(missing[:3])})')
-    if unexpected:
-      parts.append(f'{len(unexpected)} unexpected (e.g. {", ".join(unexpected[:3])})')
-    if wrong:
-      parts.append(f'{len(wrong)} of the wrong shape or dtype (e.g. ' + ', '.join(
-          f'{k} {tuple(np.shape(got[k]))} {np.dtype(got[k].dtype)} vs {tuple(want[k].shape)} {want[k].dtype}'
-          for k in wrong[:3]) + ')')
-    raise CheckpointDirError(f'{label}: variables do not match {CONFIG_FILE}: ' + '; '.join(parts))
+    from raftdvc_jax.convert import mapping  # pylint: disable=import-outside-toplevel
+    wrong = [f'{k} {tuple(np.shape(got[k]))} {np.dtype(got[k].dtype)} vs {tuple(want[k].shape)} {want[k].dtype}'
+             for k in wrong]
+    raise CheckpointDirError(f'{label}: variables do not match {CONFIG_FILE}: '
+                             + mapping.describe(missing, unexpected, wrong, 'of the wrong shape or dtype'))
 
 
 def save(path, config: ModelConfig, variables: Mapping, provenance: Mapping[str, Any] | None = None,
