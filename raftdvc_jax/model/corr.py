@@ -186,10 +186,6 @@ class AllPairsCorr:
     return out.reshape(b, *spatial, -1)
 
 
-def corr_channels(num_levels: int, radius: int) -> int:
-  return num_levels * (2 * radius + 1) ** 3
-
-
 def pyramid_bytes(feature_shape: Sequence[int], num_levels: int, batch: int = 1) -> int:
   """Bytes of the float32 all-pairs pyramid for a feature grid (for memory planning)."""
   n = math.prod(feature_shape)
