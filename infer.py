@@ -30,6 +30,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
   import raftdvc_jax  # pylint: disable=g-import-not-at-top
 
 # pylint: disable=g-import-not-at-top
+from raftdvc_jax import cli
 from raftdvc_jax.data import io
 from raftdvc_jax.infer import coarse_to_fine
 from raftdvc_jax.infer import strategies
@@ -492,14 +493,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
-  try:
-    run()
-  except (ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print('error: interrupted; nothing written for the pair in progress', file=sys.stderr)
-    sys.exit(130)
+  cli.run(run, 'error: interrupted; nothing written for the pair in progress')
 
 
 if __name__ == '__main__':

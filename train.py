@@ -37,6 +37,7 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  from raftdvc_jax import cli  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.train import loop  # pylint: disable=import-outside-toplevel
   try:
     config = _CONFIG.value
@@ -46,14 +47,8 @@ def main(argv):
     reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
     print(f'error: cannot load --config={flags.FLAGS["config"].config_filename}: {reason[0]}', file=sys.stderr)
     sys.exit(1)
-  try:
-    last = loop.train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value)
-  except (ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print('\ninterrupted; run the same command to resume from the last checkpoint', file=sys.stderr)
-    sys.exit(130)
+  last = cli.run(lambda: loop.train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value),
+                 '\ninterrupted; run the same command to resume from the last checkpoint')
   if last.get('interrupted'):
     sys.exit(130)
 

@@ -30,6 +30,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
 from raftdvc_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
 from raftdvc_jax.convert import sources  # pylint: disable=g-import-not-at-top
 from raftdvc_jax.model.config import ENCODERS, SAMPLERS, ModelConfig  # pylint: disable=g-import-not-at-top
@@ -166,14 +167,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
-  try:
-    convert()
-  except (ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print('error: interrupted; nothing written', file=sys.stderr)
-    sys.exit(130)
+  cli.run(convert)
 
 
 if __name__ == '__main__':

@@ -18,12 +18,11 @@ import datetime
 import functools
 import json
 import os
-import shutil
-import uuid
 from typing import Any, Mapping
 
 import numpy as np
 
+from raftdvc_jax.atomic import atomic_path
 from raftdvc_jax.model.config import ModelConfig
 
 CONFIG_FILE = 'model_config.json'
@@ -91,11 +90,8 @@ def save(path, config: ModelConfig, variables: Mapping, provenance: Mapping[str,
   if os.path.exists(path) and not os.path.isdir(path):
     raise CheckpointDirError(f'{path}: exists and is not a directory')
   check_variables(variables, config, path)
-  parent, name = os.path.split(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f'.{name}.tmp-{uuid.uuid4().hex[:12]}')
-  os.makedirs(tmp)
-  try:
+  with atomic_path(path) as tmp:  # renamed into place only if everything below succeeds
+    os.makedirs(tmp)
     tree = {k: v for k, v in variables.items() if k in COLLECTIONS}
     checkpointer = ocp.StandardCheckpointer()
     try:
@@ -112,16 +108,6 @@ def save(path, config: ModelConfig, variables: Mapping, provenance: Mapping[str,
       f.write(json.dumps(record, indent=2, sort_keys=True) + '\n')
     if before_commit is not None:
       before_commit(tmp)
-    if os.path.exists(path):
-      old = f'{tmp}.old'
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return path
 
 

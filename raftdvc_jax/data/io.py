@@ -17,17 +17,16 @@ never sees a half-written file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import uuid
 import zipfile
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tifffile
+
+from raftdvc_jax.atomic import atomic_path  # re-exported: writers here and callers use it
 
 VOLUME_SUFFIXES = ('.npy', '.npz', '.tif', '.tiff', '.h5', '.hdf5')
 _TIF_SLICES = ('.tif', '.tiff')
@@ -437,33 +436,6 @@ def _parse_metadata(path, meta):
 
 # ---------------------------------------------------------------------------------------------------------
 # Writers.
-
-
-@contextlib.contextmanager
-def atomic_path(path) -> Iterator[str]:
-  """Yields a temporary path beside `path` (same suffix) and renames it onto `path` when the block succeeds."""
-  path = os.path.abspath(os.fspath(path))
-  folder, name = os.path.split(path)
-  os.makedirs(folder, exist_ok=True)
-  root, ext = os.path.splitext(name)
-  # Same suffix at the end: np.save and the TIFF/HDF5 writers look at it.
-  tmp = os.path.join(folder, f'.{root}.{uuid.uuid4().hex[:12]}.tmp{ext}')
-  try:
-    yield tmp
-    if os.path.isdir(tmp) and os.path.isdir(path):
-      # os.replace cannot replace a non-empty directory: move the old one aside first.
-      old = tmp + '.old'
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    if os.path.isdir(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
-    elif os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps, so equal arrays give byte-identical files

@@ -1,0 +1,36 @@
+"""Atomic writes: a temporary path beside the target, renamed into place only when writing succeeded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[str]:
+  """Yields a temporary path beside `path` (same suffix) and renames it onto `path` when the block succeeds."""
+  path = os.path.abspath(os.fspath(path))
+  folder, name = os.path.split(path)
+  os.makedirs(folder, exist_ok=True)
+  root, ext = os.path.splitext(name)
+  # Same suffix at the end: np.save and the TIFF/HDF5 writers look at it.
+  tmp = os.path.join(folder, f'.{root}.{uuid.uuid4().hex[:12]}.tmp{ext}')
+  try:
+    yield tmp
+    if os.path.isdir(tmp) and os.path.isdir(path):
+      # os.replace cannot replace a non-empty directory: move the old one aside first.
+      old = tmp + '.old'
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+    elif os.path.exists(tmp):
+      os.remove(tmp)
+    raise
