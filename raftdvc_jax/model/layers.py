@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -45,14 +46,47 @@ class Conv3d(nn.Module):
     return y + bias.astype(dtype)
 
 
+# Largest im2col slab (elements) for which a stride-1 convolution runs as matmuls; beyond it, XLA's conv.
+MATMUL_CONV_MAX_ELEMENTS = 1 << 25
+
+
 def conv3d(x, kernel, stride=(1, 1, 1), padding=(0, 0, 0)):
-  """NDHWC convolution with symmetric `padding`; 1x1x1 convs are matmuls, stride-1 convs use _conv_s1."""
+  """NDHWC convolution with symmetric `padding`.
+
+  1x1x1 convs are matmuls; small stride-1 convs are matmuls over im2col slabs (_conv_matmul), the rest
+  use _conv_s1 or XLA's strided conv. All give the same values to float rounding.
+  """
   if kernel.shape[:3] == (1, 1, 1) and tuple(padding) == (0, 0, 0):
     x = x[:, ::stride[0], ::stride[1], ::stride[2]]
     return jnp.einsum('bxyzi,io->bxyzo', x, kernel[0, 0, 0])
-  if tuple(stride) == (1, 1, 1):
+  stride = tuple(stride)
+  out = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[1:4], padding, kernel.shape[:3], stride)]
+  if x.shape[0] * math.prod(out) * x.shape[-1] * kernel.shape[1] * kernel.shape[2] <= MATMUL_CONV_MAX_ELEMENTS:
+    return _conv_matmul(x, kernel, stride, tuple(padding))
+  if stride == (1, 1, 1):
     return _conv_s1(x, kernel, tuple(padding))
   return _conv(x, kernel, stride, [(p, p) for p in padding])
+
+
+def _conv_matmul(x, kernel, stride, padding):
+  """Conv as sum_a slab_a @ W_a: slab_a stacks the (k1, k2) taps of plane offset a on channels.
+
+  XLA-CPU runs these matmuls (and their gradients, which are matmuls too) 1.5-10x faster than its 3D
+  convolutions at the sizes of the update block and encoders (docs/performance.md); the slab costs k1*k2
+  times the output's voxels times the input channels in memory, hence MATMUL_CONV_MAX_ELEMENTS.
+  """
+  k0, k1, k2, cin, cout = kernel.shape
+  out = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[1:4], padding, kernel.shape[:3], stride)]
+  xp = jnp.pad(x, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
+  ends = [(o - 1) * s + 1 for o, s in zip(out, stride)]
+  s0, s1, s2 = stride
+  y = None
+  for a in range(k0):
+    taps = [xp[:, a:a + ends[0]:s0, b:b + ends[1]:s1, c:c + ends[2]:s2, :] for b in range(k1) for c in range(k2)]
+    slab = taps[0] if len(taps) == 1 else jnp.concatenate(taps, -1)
+    term = jnp.einsum('bxyzi,io->bxyzo', slab, kernel[a].reshape(k1 * k2 * cin, cout))
+    y = term if y is None else y + term
+  return y
 
 
 def _conv(x, kernel, stride, padding):
