@@ -24,6 +24,7 @@ class RAFTOutput(NamedTuple):
   uncertainty: Optional[jax.Array] = None  # (B, X0, X1, X2, 3|4) final uncertainty map, if configured
   flows: Optional[jax.Array] = None      # (iters, B, X0, X1, X2, 3) every iteration's flow (train=True)
   uncertainties: Optional[jax.Array] = None  # (iters, B, X0, X1, X2, 3|4) (train=True, if configured)
+  fmaps: Optional[tuple] = None          # (fmap0, fmap1), each (B, h, w, d, C) level-0 features (train=True)
 
 
 def normalize_pair(vol0, vol1):
@@ -120,7 +121,7 @@ class RAFTDVC(nn.Module):
     out = RAFTOutput(flow=upsample_flow(flow_low, size, extra_scale), flow_low=flow_low,
                      uncertainty=None if unc is None else upsample_flow(unc, size))
     if train:
-      out = out._replace(flows=ys[0], uncertainties=ys[1])
+      out = out._replace(flows=ys[0], uncertainties=ys[1], fmaps=(fmap0, fmap1))
     return out
 
 

@@ -146,7 +146,7 @@ def evaluate(eval_step, variables, samples, batch_size: int, mesh) -> dict[str, 
   """Endpoint error of the final flow over every (valid) voxel of the validation samples."""
   sharding = step_lib.batch_sharding(mesh, accumulated=False)
   pid, pcount = jax.process_index(), jax.process_count()
-  errors = []
+  errors, zero = [], []
   for batch, real in input_pipeline.validation_batches(samples, batch_size):
     local = batch_size // pcount
     part = {k: batch[k][pid * local:(pid + 1) * local] for k in ('vol0', 'vol1', 'flow')}
@@ -155,11 +155,15 @@ def evaluate(eval_step, variables, samples, batch_size: int, mesh) -> dict[str, 
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       epe = multihost_utils.process_allgather(epe, tiled=True)
     epe = np.asarray(epe)[:real]
+    still = np.sqrt(np.sum(np.square(batch['flow'][:real].astype(np.float64)), axis=1))  # EPE of no motion
     if 'mask' in batch:
-      epe = epe[batch['mask'][:real] >= 0.5]
+      keep = batch['mask'][:real] >= 0.5
+      epe, still = epe[keep], still[keep]
     errors.append(epe.ravel())
+    zero.append(still.ravel())
   stats = metrics_lib.summarize(np.concatenate(errors), quantiles=('median', 'p90'))
-  return {'val_epe': stats['mean'], 'val_epe_median': stats['median'], 'val_epe_p90': stats['p90']}
+  return {'val_epe': stats['mean'], 'val_epe_median': stats['median'], 'val_epe_p90': stats['p90'],
+          'val_zero_epe': float(np.mean(np.concatenate(zero)))}
 
 
 @functools.lru_cache(maxsize=4)
@@ -181,9 +185,12 @@ def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple):
 def _window_record(step: int, window: list, seconds: float | None, timed_steps: int) -> dict[str, Any]:
   host = jax.device_get(window)
   mean = lambda k: float(np.mean([m[k] for m in host], dtype=np.float64))
-  return {'step': step, 'train_loss': mean('loss'), 'train_epe': mean('epe'), 'lr': float(host[-1]['lr']),
-          'grad_norm': mean('grad_norm'),
-          'steps_per_s': timed_steps / seconds if seconds and timed_steps > 0 else None}
+  record = {'step': step, 'train_loss': mean('loss'), 'train_epe': mean('epe'), 'lr': float(host[-1]['lr']),
+            'grad_norm': mean('grad_norm'),
+            'steps_per_s': timed_steps / seconds if seconds and timed_steps > 0 else None}
+  if 'corr_loss' in host[0]:
+    record['train_corr_loss'] = mean('corr_loss')
+  return record
 
 
 def train_and_evaluate(config, workdir, *, stop_after: int | None = None, progress: bool = True) -> dict:

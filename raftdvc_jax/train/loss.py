@@ -5,8 +5,12 @@ Flows are channel-last (..., X0, X1, X2, 3), channel c = displacement along arra
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
+
+from raftdvc_jax.model.layers import resize_trilinear
 
 COMPONENTS = ('sum', 'mean')
 
@@ -46,6 +50,45 @@ def sequence_loss(flows, gt, gamma: float = 0.8, valid=None, components: str = '
   per_iter = err.reshape(n, -1).mean(axis=1)
   weights = gamma ** jnp.arange(n - 1, -1, -1, dtype=jnp.float32)
   return jnp.sum(weights * per_iter)
+
+
+def flow_on_grid(gt, grid):
+  """Full-resolution flow (B, X0, X1, X2, 3) -> the feature grid, in feature voxels (inverse of upsample_flow)."""
+  scale = jnp.asarray([g / s for g, s in zip(grid, gt.shape[1:4])], jnp.float32)
+  return resize_trilinear(gt.astype(jnp.float32), grid) * scale
+
+
+def correlation_loss(fmap0, fmap1, gt):
+  """Cross-entropy of each reference feature's match over all target features against the true match.
+
+  The logits are the level-0 all-pairs correlation <f0(p), f1(q)> / sqrt(C); the target spreads over the 8
+  grid neighbours of p + u(p) (u on the feature grid, in feature voxels) with trilinear weights, so
+  sub-cell motion gives a graded target rather than rounding to zero. Reference voxels whose match falls
+  outside the grid are left out. It gives the encoder a direct signal that the sequence loss only
+  reaches through the update block, which makes features discriminative in hundreds rather than
+  thousands of steps (docs/training.md).
+  """
+  b, *grid, c = fmap0.shape
+  n = grid[0] * grid[1] * grid[2]
+  f0 = fmap0.reshape(b, n, c).astype(jnp.float32)
+  f1 = fmap1.reshape(b, n, c).astype(jnp.float32)
+  logits = jnp.einsum('bpc,bqc->bpq', f0, f1, precision=jax.lax.Precision.HIGHEST) / jnp.sqrt(jnp.float32(c))
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  coords = jnp.stack(jnp.meshgrid(*(jnp.arange(g, dtype=jnp.float32) for g in grid), indexing='ij'), -1)
+  target = jax.lax.stop_gradient(coords + flow_on_grid(gt, tuple(grid))).reshape(b, n, 3)
+  hi = jnp.asarray(grid, jnp.float32) - 1.0
+  inside = jnp.all((target >= 0.0) & (target <= hi), axis=-1)
+  base = jnp.clip(jnp.floor(target), 0.0, jnp.maximum(hi - 1.0, 0.0))
+  frac = jnp.clip(target - base, 0.0, 1.0)
+  nll = jnp.zeros((b, n), jnp.float32)
+  for corner in itertools.product((0, 1), repeat=3):
+    idx = (base + jnp.asarray(corner, jnp.float32)).astype(jnp.int32)
+    idx = jnp.minimum(idx, jnp.asarray(grid, jnp.int32) - 1)
+    flat = (idx[..., 0] * grid[1] + idx[..., 1]) * grid[2] + idx[..., 2]
+    weight = jnp.prod(jnp.where(jnp.asarray(corner, bool), frac, 1.0 - frac), axis=-1)
+    nll = nll - weight * jnp.take_along_axis(logp, flat[..., None], axis=-1)[..., 0]
+  inside = inside.astype(jnp.float32)
+  return jnp.sum(nll * inside) / jnp.maximum(jnp.sum(inside), 1.0)
 
 
 def flow_metrics(pred, gt, valid=None) -> dict[str, jax.Array]:

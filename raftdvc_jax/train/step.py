@@ -58,6 +58,7 @@ def _forward_loss(model: RAFTDVC, loss_cfg: Mapping[str, Any]):
   gamma = float(loss_cfg.get('gamma', 0.8))
   components = loss_cfg.get('components', 'sum')
   max_flow = loss_cfg.get('max_flow', None)
+  corr_weight = float(loss_cfg.get('corr_weight', 0.0))
 
   def fn(params, batch_stats, mb):
     variables = {'params': params}
@@ -71,6 +72,10 @@ def _forward_loss(model: RAFTDVC, loss_cfg: Mapping[str, Any]):
     valid = loss_lib.valid_mask(gt, mb.get('mask'), max_flow)
     loss = loss_lib.sequence_loss(out.flows, gt, gamma, valid, components)
     metrics = loss_lib.flow_metrics(out.flow, gt, valid)
+    if corr_weight:
+      corr_loss = loss_lib.correlation_loss(*out.fmaps, gt)
+      loss = loss + corr_weight * corr_loss
+      metrics['corr_loss'] = corr_loss
     return loss, (metrics, batch_stats)
 
   return fn
@@ -103,7 +108,9 @@ def make_train_step(model: RAFTDVC, tx: optax.GradientTransformation, schedule: 
         return (add(grads_sum, grads), loss_sum + loss, add(metrics_sum, metrics), stats), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      init = (zeros, jnp.zeros((), jnp.float32), {'epe': jnp.zeros((), jnp.float32)}, state.batch_stats)
+      metric_names = ('epe', 'corr_loss') if loss_cfg.get('corr_weight', 0.0) else ('epe',)
+      init = (zeros, jnp.zeros((), jnp.float32), {k: jnp.zeros((), jnp.float32) for k in metric_names},
+              state.batch_stats)
       (grads, loss, metrics, batch_stats), _ = jax.lax.scan(body, init, batch)
       grads = jax.tree.map(lambda g: g / accum, grads)
       loss, metrics = loss / accum, jax.tree.map(lambda m: m / accum, metrics)
