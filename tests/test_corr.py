@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from raftdvc_jax.model import corr
+from raftdvc_jax.model.samplers import has_rescale
 from tests import torch_reference as ref
 
 METHODS = ('reference', 'separable', 'slab')
@@ -21,7 +22,7 @@ def _read(vol, query, sampler, method):
 
 
 def _methods(sampler, shape=SHAPE):
-  return [m for m in METHODS if not (m == 'slab' and corr._has_rescale(shape, sampler))]
+  return [m for m in METHODS if not (m == 'slab' and has_rescale(shape, sampler))]
 
 
 def _spike():
@@ -145,3 +146,16 @@ def test_fast_lookups_have_the_reference_gradient(method):
   w = jnp.asarray(rng.normal(size=(1, 6, 5, 5, 5)).astype(np.float32))
   loss = lambda lv, m: jnp.sum(w * corr.lookup_level(lv, centroid, 2, 'exact', m))
   np.testing.assert_allclose(jax.grad(loss)(level, method), jax.grad(loss)(level, 'reference'), atol=1e-5)
+
+
+def test_auto_matches_the_reference_and_slab_refuses_a_rescaled_level():
+  rng = np.random.default_rng(4)
+  centroid = jnp.asarray(rng.uniform(-1, 9, size=(1, 5, 3)).astype(np.float32))
+  for shape in [(4, 4, 4), (10, 10, 10)]:  # one level 'auto' reads whole, one it reads by blocks
+    level = jnp.asarray(rng.normal(size=(1, 5, *shape)).astype(np.float32))
+    np.testing.assert_allclose(corr.lookup_level(level, centroid, 2, 'exact', 'auto'),
+                               corr.lookup_level(level, centroid, 2, 'exact', 'reference'), atol=1e-5)
+  assert corr.auto_method((10, 10, 10), 2, 'exact') == 'slab'
+  assert corr.auto_method((4, 4, 4), 2, 'exact') == 'separable'
+  with pytest.raises(ValueError, match='rescale'):
+    corr.lookup_level(jnp.zeros((1, 1, 5, 7, 9)), jnp.zeros((1, 1, 3)), 1, 'volraft', 'slab')

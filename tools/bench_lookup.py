@@ -10,14 +10,10 @@ training (the coordinates are detached).
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
 
 from absl import app, flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('grid', 16, 'Side of the cubic feature grid.')
@@ -44,6 +40,7 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.model import corr  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.samplers import has_rescale  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
   g = FLAGS.grid
@@ -55,7 +52,7 @@ def main(argv):
   for i, level in enumerate(pyramid.levels):
     c = centroid / 2 ** i
     for method in ('reference', 'separable', 'slab'):
-      if method == 'slab' and corr._has_rescale(level.shape[2:], FLAGS.sampler):  # pylint: disable=protected-access
+      if method == 'slab' and has_rescale(level.shape[2:], FLAGS.sampler):
         continue
       fwd = jax.jit(lambda lv, m=method: corr.lookup_level(lv, c, FLAGS.radius, FLAGS.sampler, m))
       w = jnp.ones((1, g ** 3) + (2 * FLAGS.radius + 1,) * 3)

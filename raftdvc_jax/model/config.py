@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+import math
+from typing import Any, Mapping, NamedTuple
 
-# encoder_type -> (conv1 stride, layer1/2/3 strides, upsample x2 at the end). All share one parameter set.
+
+class EncoderStrides(NamedTuple):
+  """Strides of one encoder_type; every type shares one parameter set, so weights load across them."""
+
+  conv1_stride: int          # the stem convolution
+  layer_strides: tuple       # the first block of layer1, layer2, layer3
+  upsample: bool             # a x2 trilinear upsampling of the features at the end
+
+
 ENCODERS = {
-    '1/1': (1, (1, 1, 1), False),
-    '1/2': (2, (1, 1, 1), False),
-    '1/4': (2, (1, 2, 1), False),
-    '1/8': (2, (1, 2, 2), False),
-    '1/2-late-stride': (1, (1, 1, 2), False),
-    '1/1-shallow-up': (2, (1, 1, 1), True),
+    '1/1': EncoderStrides(1, (1, 1, 1), False),
+    '1/2': EncoderStrides(2, (1, 1, 1), False),
+    '1/4': EncoderStrides(2, (1, 2, 1), False),
+    '1/8': EncoderStrides(2, (1, 2, 2), False),
+    '1/2-late-stride': EncoderStrides(1, (1, 1, 2), False),
+    '1/1-shallow-up': EncoderStrides(2, (1, 1, 1), True),
 }
 NORMS = ('instance', 'none', 'group', 'batch')
 GRUS = ('sep', 'conv')
@@ -65,11 +74,8 @@ class ModelConfig:
   @property
   def stride(self) -> int:
     """Voxels of input per voxel of the flow grid the iterations run on."""
-    conv1, layers, upsample = ENCODERS[self.encoder_type]
-    s = conv1
-    for layer in layers:
-      s *= layer
-    return s // 2 if upsample else s
+    enc = ENCODERS[self.encoder_type]
+    return enc.conv1_stride * math.prod(enc.layer_strides) // (2 if enc.upsample else 1)
 
   @property
   def corr_channels(self) -> int:

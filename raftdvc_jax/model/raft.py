@@ -50,7 +50,11 @@ def upsample_flow(flow, size, extra_scale: float = 1.0):
 
 
 class _Iteration(UpdateBlock):
-  """One refinement step on the carry (net, coords1[, uncertainty]); scanned over the iterations."""
+  """One refinement step on the carry (net, coords1[, uncertainty]); scanned over the iterations.
+
+  It subclasses UpdateBlock rather than wrapping it so that the parameters keep UpdateBlock's own paths
+  (update_block/gru/..., not update_block/UpdateBlock_0/gru/...), the names PyTorch's state dicts map to.
+  """
 
   out_size: tuple = ()
   extra_scale: float = 1.0
