@@ -99,4 +99,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+  try:
+    app.run(main)
+  except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no error
+    if e.code == 1 and any(a.split('=', 1)[0] in _HELP for a in sys.argv[1:]):
+      sys.exit(0)
+    raise
