@@ -68,16 +68,17 @@ def slice_report(path, fields: Mapping[str, np.ndarray], voxel_size, unit: str, 
     ax.set_ylabel(f'axis {rows} ({LETTERS[rows]}) [{unit}]')
     fig.colorbar(im, ax=ax, shrink=0.85, label=f'[{units}]')
   if quiver:
-    _arrows(axes.ravel()[0], _slice(disp[cols], axis, index), _slice(disp[rows], axis, index), h[cols], h[rows])
+    _arrows(axes.ravel()[0], _slice(disp[cols], axis, index), _slice(disp[rows], axis, index), h[cols], h[rows],
+            unit)
   fig.suptitle(f'{title + ": " if title else ""}slice axis {axis} ({LETTERS[axis]}) = {index} '
-               f'(of {grid[axis]}), voxel size {"x".join(f"{v:g}" for v in h)} {unit}')
+               f'(of {grid[axis]}), voxel size {"x".join(f"{v:g}" for v in h)} {unit}; white: no data (mask)')
   with atomic_path(path) as tmp:
     fig.savefig(tmp, dpi=110, format='png')
   plt.close(fig)
   return str(path)
 
 
-def _arrows(ax, u_cols, u_rows, h_cols: float, h_rows: float, count: int = 16) -> None:
+def _arrows(ax, u_cols, u_rows, h_cols: float, h_rows: float, unit: str, count: int = 16) -> None:
   """In-plane displacement arrows on about count x count points, scaled so the longest is one step long."""
   n_r, n_c = u_cols.shape
   step = max(1, max(n_r, n_c) // count)
@@ -93,4 +94,5 @@ def _arrows(ax, u_cols, u_rows, h_cols: float, h_rows: float, count: int = 16) -
   # y data grows downward (rows), so a positive row displacement points down, as in the image.
   ax.quiver(cc * h_cols, rr * h_rows, du, dv, angles='xy', scale_units='xy', scale=longest / gap,
             color='white', width=0.004)
-  ax.text(0.01, 0.01, f'arrows: longest {longest:.3g}', transform=ax.transAxes, color='white', fontsize=8)
+  ax.text(0.01, 0.01, f'arrows: in-plane u, longest {longest:.3g} {unit}', transform=ax.transAxes,
+          color='white', fontsize=8)
