@@ -17,7 +17,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from raftdvc_jax.model import corr_fast
+from raftdvc_jax.model import corr_fast, corr_local
 from raftdvc_jax.model.samplers import SAMPLER_AXES, has_rescale, sample_positions, window_offsets
 
 _HP = jax.lax.Precision.HIGHEST
@@ -48,6 +48,8 @@ LOOKUPS = {
     'slab': corr_fast.lookup_slab,
 }
 METHODS = ('auto', *LOOKUPS)
+# The correlation itself: 'allpairs' stores the pyramid (lookup 'auto'), 'local' only the features.
+CORR_METHODS = ('auto', 'allpairs', 'local')
 
 
 def all_pairs(fmap0, fmap1):
@@ -100,8 +102,11 @@ class AllPairsCorr:
     """Correlates (B, X0, X1, X2, C) feature maps and pools the targets num_levels - 1 times."""
     if sampler not in SAMPLER_AXES:
       raise ValueError(f'unknown sampler {sampler!r}; choose from {sorted(SAMPLER_AXES)}')
+    if method == 'local':  # the memory-light lookup straight from the features (corr_local.py)
+      return corr_local.LocalCorr.build(fmap0, fmap1, num_levels, radius, sampler)
+    method = 'auto' if method == 'allpairs' else method
     if method not in METHODS:
-      raise ValueError(f'unknown lookup method {method!r}; choose from {METHODS}')
+      raise ValueError(f'unknown lookup method {method!r}; choose from {(*METHODS, *CORR_METHODS[1:])}')
     levels = [all_pairs(fmap0, fmap1)]
     for _ in range(num_levels - 1):
       if min(levels[-1].shape[2:]) < 2:
