@@ -69,22 +69,25 @@ def conv3d(x, kernel, stride=(1, 1, 1), padding=(0, 0, 0)):
 
 
 def _conv_matmul(x, kernel, stride, padding):
-  """Conv as sum_a slab_a @ W_a: slab_a stacks the (k1, k2) taps of plane offset a on channels.
+  """Conv as sum_a slab[plane a] @ W_a, where slab stacks the (k1, k2) taps of every voxel on channels.
 
   XLA-CPU runs these matmuls (and their gradients, which are matmuls too) 1.5-10x faster than its 3D
-  convolutions at the sizes of the update block and encoders (docs/performance.md); the slab costs k1*k2
-  times the output's voxels times the input channels in memory, hence MATMUL_CONV_MAX_ELEMENTS.
+  convolutions at the sizes of the update block and encoders (docs/performance.md). The slab is built by
+  shifting along axis 2 and then axis 1 (k1 + k2 slices rather than k1 * k2, which keeps compilation
+  short); it costs k1*k2 times the output's voxels times the input channels, hence MATMUL_CONV_MAX_ELEMENTS.
   """
   k0, k1, k2, cin, cout = kernel.shape
-  out = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[1:4], padding, kernel.shape[:3], stride)]
-  xp = jnp.pad(x, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
-  ends = [(o - 1) * s + 1 for o, s in zip(out, stride)]
   s0, s1, s2 = stride
+  out = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[1:4], padding, kernel.shape[:3], stride)]
+  span = [(o - 1) * s + 1 for o, s in zip(out, stride)]
+  xp = jnp.pad(x, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
+  if k2 > 1 or s2 > 1:
+    xp = jnp.concatenate([xp[:, :, :, c:c + span[2]:s2] for c in range(k2)], -1)
+  if k1 > 1 or s1 > 1:
+    xp = jnp.concatenate([xp[:, :, b:b + span[1]:s1] for b in range(k1)], -1)
   y = None
   for a in range(k0):
-    taps = [xp[:, a:a + ends[0]:s0, b:b + ends[1]:s1, c:c + ends[2]:s2, :] for b in range(k1) for c in range(k2)]
-    slab = taps[0] if len(taps) == 1 else jnp.concatenate(taps, -1)
-    term = jnp.einsum('bxyzi,io->bxyzo', slab, kernel[a].reshape(k1 * k2 * cin, cout))
+    term = jnp.einsum('bxyzi,io->bxyzo', xp[:, a:a + span[0]:s0], kernel[a].reshape(k1 * k2 * cin, cout))
     y = term if y is None else y + term
   return y
 

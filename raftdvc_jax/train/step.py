@@ -54,7 +54,8 @@ def to_device(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def _forward_loss(model: RAFTDVC, loss_cfg: Mapping[str, Any]):
+def loss_fn(model: RAFTDVC, loss_cfg: Mapping[str, Any]):
+  """fn(params, batch_stats, micro_batch) -> (loss, (metrics, batch_stats)): the training objective."""
   gamma = float(loss_cfg.get('gamma', 0.8))
   components = loss_cfg.get('components', 'sum')
   max_flow = loss_cfg.get('max_flow', None)
@@ -93,7 +94,7 @@ def make_train_step(model: RAFTDVC, tx: optax.GradientTransformation, schedule: 
   Gradients and losses are averaged over the accumulation steps (equal micro-batches: the full-batch mean);
   batch-norm statistics, if any, update sequentially as PyTorch's would.
   """
-  grad_fn = jax.value_and_grad(_forward_loss(model, loss_cfg), has_aux=True)
+  grad_fn = jax.value_and_grad(loss_fn(model, loss_cfg), has_aux=True)
 
   def train_step(state: TrainState, batch):
     accum = jax.tree.leaves(batch)[0].shape[0]
