@@ -18,7 +18,7 @@ if TYPE_CHECKING:
   from raftdvc_jax.infer.estimator import FlowEstimator
 
 __version__ = '0.1.0'
-__all__ = ['FlowEstimator', 'ModelConfig', 'load', '__version__']
+__all__ = ['FlowEstimator', 'ModelConfig', 'load', 'refine', '__version__']
 
 
 def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
@@ -51,4 +51,7 @@ def __getattr__(name):
   if name == 'FlowEstimator':
     from raftdvc_jax.infer.estimator import FlowEstimator as Estimator  # pylint: disable=import-outside-toplevel
     return Estimator
+  if name == 'refine':  # the subpackage, callable as raftdvc_jax.refine(vol0, vol1, flow_init=None, ...)
+    import importlib  # pylint: disable=import-outside-toplevel
+    return importlib.import_module('raftdvc_jax.refine')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
