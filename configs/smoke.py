@@ -19,16 +19,8 @@ def get_config():
                  corr_radius=3, iters=3)
   c.data.synthetic.update(size=24, particle_radius=2.0, density=4.8, disp_min=1.0, disp_max=3.0,
                           deformation='translation:0.5,affine:0.5')
-  c.data.train_size = 16
+  c.data.update(train_size=16, val_size=8, num_workers=2)
   c.data.augment.update(flip_prob=0.0, rot90_planes=())
-  c.data.val_size = 8
-  c.data.num_workers = 2
-  c.train.num_steps = 80
-  c.train.batch_size = 4
-  c.train.lr = 1e-3
+  c.train.update(num_steps=80, batch_size=4, lr=1e-3, log_every=5, eval_every=40, checkpoint_every=40, seed=0)
   c.train.schedule.pct_start = 0.1
-  c.train.log_every = 5
-  c.train.eval_every = 40
-  c.train.checkpoint_every = 40
-  c.train.seed = 0
   return c

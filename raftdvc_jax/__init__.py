@@ -22,10 +22,12 @@ __all__ = ['FlowEstimator', 'ModelConfig', 'load', 'refine', '__version__']
 
 
 def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
-         sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None) -> 'FlowEstimator':
+         sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None,
+         which: str = 'best') -> 'FlowEstimator':
   """A FlowEstimator from a converted checkpoint directory or a RAFT-DVC/VolRAFT .pth/.pt file.
 
-  A training run directory loads its best step (by validation EPE). A file is read without executing any
+  A training run directory loads its `which` step ('best' by validation EPE, or 'latest'), or the newest
+  step that loads when that one is damaged, and logs which. A file is read without executing any
   code in it and converted in memory (see tools/convert_volraft.py for fmt, volraft_config, encoder_type
   and sampler). Raises ValueError/OSError with one line naming the file.
   """
@@ -34,10 +36,12 @@ def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_
   from raftdvc_jax.infer.estimator import FlowEstimator as Estimator
   path = os.fspath(path)
   if os.path.isdir(path):
-    if os.path.isdir(os.path.join(path, 'checkpoints')):  # a training run: take its best step
-      from raftdvc_jax.train.checkpoint import resolve
-      path = resolve(path)
-    config, variables, provenance = orbax_io.load_variables(path)
+    if os.path.isdir(os.path.join(path, 'checkpoints')):  # a training run: its best (or latest) step that loads
+      from raftdvc_jax.train.checkpoint import load_run
+      path, (config, variables, provenance) = load_run(path, which)
+      provenance = dict(provenance, step_dir=path)
+    else:
+      config, variables, provenance = orbax_io.load_variables(path)
   elif os.path.isfile(path):
     from raftdvc_jax.convert import sources
     source = sources.load_source(path, fmt, volraft_config, encoder_type, sampler)

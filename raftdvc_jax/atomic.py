@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -34,3 +35,15 @@ def atomic_path(path) -> Iterator[str]:
     elif os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_text(path, text: str) -> None:
+  """Writes `text` to `path` atomically (a reader sees the old file or the new one, never a part)."""
+  with atomic_path(path) as tmp:
+    with open(tmp, 'w', newline='') as f:
+      f.write(text)
+
+
+def write_json(path, obj) -> None:
+  """Writes `obj` as indented, key-sorted JSON to `path` atomically."""
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')

@@ -406,6 +406,22 @@ def test_cli_converts(tmp_path, volraft_small):
   # Refuses to replace an existing output unless told to.
   again = _cli('--checkpoint', path, '--output', out)
   assert again.returncode == 1 and 'already exists' in again.stderr
+  # --overwrite replaces a converted checkpoint, and nothing else: a folder of user files stays as it is.
+  assert _cli('--checkpoint', path, '--output', out, '--overwrite').returncode == 0
+  user = tmp_path / 'my_scans'
+  user.mkdir()
+  (user / 'scan.tif').write_bytes(b'precious')
+  (tmp_path / 'notes.txt').write_text('mine')
+  for target in (user, tmp_path / 'notes.txt'):
+    run = _cli('--checkpoint', path, '--output', str(target), '--overwrite')
+    assert run.returncode == 1 and 'replaces only a converted checkpoint' in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(f'error: {target}:')
+  assert (user / 'scan.tif').read_bytes() == b'precious' and (tmp_path / 'notes.txt').read_text() == 'mine'
+  (tmp_path / 'converted' / 'mine.txt').write_text('x')  # a converted checkpoint the user put files into
+  run = _cli('--checkpoint', path, '--output', out, '--overwrite')
+  assert run.returncode == 1 and 'it also holds mine.txt' in run.stderr, run.stderr
+  run = _cli('--help')
+  assert run.returncode == 0 and '--[no]overwrite' in run.stdout
 
 
 def _tool_module():

@@ -275,7 +275,7 @@ def test_pair_directory_dataset(tmp_path):
     np.save(tmp_path / 'flow' / name, _flow())
     np.save(tmp_path / 'mask' / name, np.ones((6, 7, 8), bool))
   ds = datasets.PairDirectoryDataset(tmp_path)
-  assert len(ds) == 2 and ds.names == ['a.npy', 'b.npy']
+  assert len(ds) == 2 and ds.names == ['a', 'b']
   s = ds[1]
   assert s['vol0'].dtype == np.float32 and s['vol0'].shape == (6, 7, 8) and s['mask'].dtype == np.float32
   np.testing.assert_array_equal(s['flow'], _flow())

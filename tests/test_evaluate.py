@@ -105,3 +105,11 @@ def test_cli_writes_csv_and_summary_and_rejects_bad_input(setup, tmp_path):
   assert 'Traceback' not in proc.stderr and not bad.exists()
   proc = _run(f'--checkpoint={tmp_path / "nowhere"}', f'--data={data}', '--split=test', f'--output={bad}')
   assert proc.returncode == 1 and 'nowhere' in proc.stderr and 'Traceback' not in proc.stderr
+  # Results already in --output are kept unless --overwrite: refused before the model loads.
+  before = (out / 'metrics.csv').read_bytes()
+  proc = _run(f'--checkpoint={tmp_path / "nowhere"}', f'--data={data}', '--split=test', f'--output={out}')
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+      f'error: {out / "metrics.csv"}: the result exists; pass --overwrite to replace it']
+  assert (out / 'metrics.csv').read_bytes() == before
+  proc = _run('--help')
+  assert proc.returncode == 0 and '--[no]overwrite' in proc.stdout

@@ -123,8 +123,8 @@ def test_batch_refusals(tmp_path, arms, cache_dir):
   a_file.write_text('x')
   out = tmp_path / 'flows'
   cases = [
-      ([empty], 'no volume pairs found'),
-      ([unmatched], '1 volume(s) without a partner of the same name: vol0/b.npy'),
+      ([empty], 'no pairs found'),
+      ([unmatched], f'{unmatched}/vol1/b.npy: missing, but {unmatched}/vol0/b.npy is there'),
       ([flat], 'stray.npy: not part of a pair'),
       ([late], 'z.npy: shape (8, 16, 16) does not match'),
       ([nan_first], f"pair 'a': {nan_first}/vol0/a.npy: holds a non-finite value"),

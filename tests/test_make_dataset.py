@@ -66,12 +66,31 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     result = run_tool('--output', str(tmp_path), '--num_samples', '1', *bad)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('make_dataset: error:'), result.stderr
+    assert len(lines) == 1 and lines[0].startswith('error:'), result.stderr
     assert 'Traceback' not in result.stderr
 
 
 def test_help():
   result = run_tool('--help')
-  assert result.returncode in (0, 1)  # absl exits 1 after printing help
+  assert result.returncode == 0, result.stderr
   assert 'Traceback' not in result.stderr
   assert '--deformation' in result.stdout and '--num_samples' in result.stdout
+
+
+def test_existing_samples_are_kept_unless_overwrite(tmp_path):
+  args = ['--output', str(tmp_path), '--num_samples', '2', '--size', '16', '--noise=false']
+  assert run_tool(*args).returncode == 0
+  before = (tmp_path / 'sample_00000.npz').read_bytes()
+  again = run_tool(*args[:-1], '--seed', '5')
+  assert again.returncode == 1 and again.stderr.strip().splitlines() == [
+      f'error: {tmp_path / "sample_00000.npz"}: exists (2 of the 2 samples do); pass --overwrite to replace them or '
+      '--skip_existing to keep them']
+  assert (tmp_path / 'sample_00000.npz').read_bytes() == before
+  assert run_tool(*args[:-1], '--seed', '5', '--overwrite').returncode == 0
+  assert (tmp_path / 'sample_00000.npz').read_bytes() != before
+
+
+def test_a_displacement_beyond_a_quarter_of_the_volume_warns(tmp_path):
+  result = run_tool('--output', str(tmp_path), '--num_samples', '1', '--size', '16', '--disp_min', '4',
+                    '--disp_max', '5')
+  assert result.returncode == 0 and 'exceeds a quarter of the 16-voxel volume' in result.stderr

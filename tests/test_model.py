@@ -105,6 +105,10 @@ def test_bfloat16_compute_stays_close_to_float32():
   bf16 = RAFTDVC(TINY, dtype=jnp.bfloat16).apply(variables, vol0, vol1).flow
   assert bf16.dtype == jnp.float32
   assert float(jnp.abs(bf16 - f32).max()) < 0.1 * float(jnp.abs(f32).max()) + 0.05
+  # The dtype must reach the convolutions: bf16 rounding changes the flow, and the program computes in bf16.
+  assert float(jnp.abs(bf16 - f32).max()) > 1e-4
+  jaxpr = str(jax.make_jaxpr(lambda v: RAFTDVC(TINY, dtype=jnp.bfloat16).apply(v, vol0, vol1).flow)(variables))
+  assert 'bf16' in jaxpr
 
 
 def test_mapping_round_trips_and_reports_a_readable_diff():

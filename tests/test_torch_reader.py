@@ -12,11 +12,10 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
+import torch  # a test dependency ([test] extra): the security tests must never be skipped silently
 
 from raftdvc_jax.convert import torch_reader
 from raftdvc_jax.convert.torch_reader import CheckpointError
-
-torch = pytest.importorskip('torch')
 
 FORMATS = ('zip', 'legacy')
 

@@ -21,23 +21,27 @@ def load(path):
   return module
 
 
-def test_all_five_configs_exist():
-  assert {os.path.basename(p) for p in CONFIGS} >= {'s2.py', 's4.py', 's8.py', 'volraft.py', 'smoke.py'}
+def test_the_configs_exist():
+  assert {os.path.basename(p) for p in CONFIGS} >= {'raftdvc.py', 'volraft.py', 'smoke.py', 's4_starter.py'}
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_config_validates_and_documents_its_command(path):
+VARIANTS = [(p, arg) for p in CONFIGS for arg in (('s2', 's4', 's8') if p.endswith('raftdvc.py') else (None,))]
+
+
+@pytest.mark.parametrize('path,arg', VARIANTS, ids=lambda v: os.path.basename(v) if v and '/' in v else str(v))
+def test_config_validates_and_documents_its_command(path, arg):
   module = load(path)
-  config = module.get_config()
+  config = module.get_config(arg) if arg else module.get_config()
   model = loop.validate(config)
-  assert f'python train.py --config=configs/{os.path.basename(path)}' in module.__doc__
+  spec = os.path.basename(path) + (f':{arg}' if arg else '')
+  assert f'python train.py --config=configs/{spec}' in module.__doc__
   assert {'num_steps', 'batch_size', 'lr', 'eval_every', 'checkpoint_every', 'log_every', 'seed'} <= set(config.train)
   assert 'init_from' in config and model.iters == config.model.iters
 
 
 @pytest.mark.parametrize('arm,stride,accum', [('s2', 2, 1), ('s4', 4, 1), ('s8', 8, 2)])
 def test_raftdvc_arm_recipe(arm, stride, accum):
-  c = load(os.path.join(ROOT, 'configs', f'{arm}.py')).get_config()
+  c = load(os.path.join(ROOT, 'configs', 'raftdvc.py')).get_config(arm)
   assert loop.validate(c).stride == stride and c.model.corr_levels == 2 and c.model.corr_radius == 4
   t = c.train
   assert (t.lr, t.weight_decay, t.clip_norm, t.batch_size, t.grad_accum, c.model.iters) == (2e-4, 5e-5, 1.0, 8,
@@ -65,10 +69,25 @@ def test_train_cli_errors_are_one_line(tmp_path):
   workdir = tmp_path / 'run'
   proc = run('--config=configs/missing.py', f'--workdir={workdir}')
   assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-      "error: cannot load --config=configs/missing.py: [Errno 2] No such file or directory: 'configs/missing.py'"]
+      "error: configs/missing.py: cannot load --config: [Errno 2] No such file or directory: 'configs/missing.py'"]
   proc = run('--config=configs/smoke.py', f'--workdir={workdir}', '--config.train.grad_accum=3')
   assert proc.returncode == 1 and proc.stderr.strip() == (
       'error: config.train.batch_size 4 is not a multiple of grad_accum 3')
+  # A mistyped key names the closest valid one; a broken config file names its file and line.
+  proc = run('--config=configs/smoke.py', f'--workdir={workdir}', '--config.train.num_stepz=5')
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+      "error: --config.train.num_stepz: config.train has no key 'num_stepz'; did you mean config.train.num_steps?"]
+  broken = tmp_path / 'broken.py'
+  broken.write_text('def get_config():\n  return dict(\n')
+  proc = run(f'--config={broken}', f'--workdir={workdir}')
+  assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert proc.stderr.startswith(f'error: {broken}:2: cannot load the config: SyntaxError'), proc.stderr
+  failing = tmp_path / 'failing.py'
+  failing.write_text('def get_config():\n  return {}["model"]\n')
+  proc = run(f'--config={failing}', f'--workdir={workdir}')
+  assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert proc.stderr.startswith(f'error: {failing}:2: cannot load the config: KeyError'), proc.stderr
   assert not workdir.exists()
-  proc = run('--help')  # absl's --help exits with 1 after printing the usage
-  assert 'python train.py --config=configs/smoke.py' in proc.stdout and '--workdir' in proc.stdout
+  proc = run('--help')
+  assert proc.returncode == 0, proc.stderr
+  assert 'raftdvc-train --config=configs/smoke.py' in proc.stdout and '--workdir' in proc.stdout

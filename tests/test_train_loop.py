@@ -48,6 +48,26 @@ def tiny_config(num_steps=6, **data):
   return c
 
 
+class Killed(Exception):
+  """Stands for a SIGKILL: the loop gets no chance to save."""
+
+
+def kill_at_batch(monkeypatch, n):
+  """Makes the training stream raise Killed when batch n (1-based, this run) is requested."""
+  real = loop.input_pipeline.train_batches
+
+  def batches(*args, **kwargs):
+    stream = real(*args, **kwargs)
+    try:
+      for _ in range(n - 1):
+        yield next(stream)
+      raise Killed
+    finally:
+      stream.close()
+
+  monkeypatch.setattr(loop.input_pipeline, 'train_batches', batches)
+
+
 def random_variables(config, seed):
   """Variables of the right shapes without compiling an initialisation (small normal values)."""
   rng = np.random.default_rng(seed)
@@ -81,10 +101,13 @@ def test_smoke_config_steps_lower_the_loss(tmp_path):
   assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
 
 
-def test_kill_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
+def test_kill_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, monkeypatch):
   workdir = str(tmp_path)
-  # "Killed" after step 3: the checkpoint of step 2 exists, metrics of step 3 were already written.
-  loop.train_and_evaluate(tiny_config(6), workdir, stop_after=3, progress=False)
+  # "Killed" while loading step 4's batch: the checkpoint of step 2 exists, metrics of step 3 were written.
+  kill_at_batch(monkeypatch, 4)
+  with pytest.raises(Killed):
+    loop.train_and_evaluate(tiny_config(6), workdir, progress=False)
+  monkeypatch.undo()
   assert [r['step'] for r in records(workdir)] == [1, 2, 3]
   assert checkpoint.resolve(workdir, 'latest').endswith(os.sep + '2')
   # The same command again resumes from step 2 and must write what the uninterrupted run wrote.
@@ -143,7 +166,7 @@ def test_config_and_workdir_errors(uninterrupted, tmp_path):
     loop.train_and_evaluate(config, str(tmp_path), progress=False)
   config = tiny_config(6)
   config.data.synthetic.size = 8
-  with pytest.raises(ValueError, match='smaller than the 9 voxels'):
+  with pytest.raises(ValueError, match='every side must be >= 9'):
     loop.train_and_evaluate(config, str(tmp_path), progress=False)
   config = tiny_config(6)
   config.model.hidden_dim = 24
@@ -177,3 +200,88 @@ def test_init_from_converted_directory_and_pytorch_file(tmp_path):
   _, trained, _ = orbax_io.load_variables(checkpoint.resolve(str(tmp_path / 'finetune')))
   step = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(variables)))
   assert 0 < step < 5e-3
+
+
+def events(workdir):
+  """[(file, [Event])] of the TensorBoard event files of a run, in name order (TFRecord framing)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  folder = os.path.join(workdir, 'tensorboard')
+  out = []
+  for name in sorted(os.listdir(folder)):
+    data, i, evs = open(os.path.join(folder, name), 'rb').read(), 0, []
+    while i < len(data):
+      (length,) = np.frombuffer(data[i:i + 8], '<u8')
+      evs.append(event_pb2.Event.FromString(data[i + 12:i + 12 + int(length)]))
+      i += 16 + int(length)
+    out.append((name, evs))
+  return out
+
+
+def test_tensorboard_scalars_and_purge_on_resume(uninterrupted, tmp_path, monkeypatch):
+  (_, evs), = events(uninterrupted)
+  scalars = {(e.step, v.tag): v.simple_value for e in evs for v in e.summary.value}
+  rec = records(uninterrupted)
+  assert scalars[(1, 'train/loss')] == pytest.approx(rec[0]['train_loss'], rel=1e-6)
+  assert scalars[(2, 'val/epe')] == pytest.approx(rec[1]['val_epe'], rel=1e-6)
+  # A resumed run tells TensorBoard to drop what the killed one logged after its checkpoint (step 2).
+  workdir = str(tmp_path)
+  kill_at_batch(monkeypatch, 4)
+  with pytest.raises(Killed):
+    loop.train_and_evaluate(tiny_config(6), workdir, progress=False)
+  monkeypatch.undo()
+  loop.train_and_evaluate(tiny_config(6), workdir, progress=False)
+  first, second = events(workdir)
+  assert max(e.step for e in first[1] if e.summary.value) == 3
+  starts = [e.step for e in second[1] if e.HasField('session_log') and e.session_log.status == e.session_log.START]
+  assert starts == [3]
+
+
+def test_damaged_newest_checkpoint_falls_back_to_an_older_step(uninterrupted, tmp_path, caplog):
+  import shutil  # pylint: disable=import-outside-toplevel
+  for damage in ('arrays', 'meta'):
+    workdir = str(tmp_path / damage)
+    shutil.copytree(uninterrupted, workdir)
+    newest = os.path.join(workdir, 'checkpoints', '6')
+    for folder, _, files in os.walk(newest):
+      for name in files:
+        if damage == 'arrays' and os.sep + 'variables' in folder or damage == 'meta' and name == 'metadata' \
+            and folder.endswith('meta'):
+          with open(os.path.join(folder, name), 'r+b') as f:
+            f.truncate(max(0, os.path.getsize(f.name) // 3))
+    if damage == 'arrays':
+      # Inference takes the newest step that loads, and says which step that is.
+      with caplog.at_level('INFO', logger='raftdvc_jax'):
+        estimator = raftdvc_jax.load(workdir, which='latest')
+      assert 'skipped step 6 (latest' in caplog.text and 'using step 4' in caplog.text, caplog.text
+      want = orbax_io.load_variables(os.path.join(workdir, 'checkpoints', '4'))[1]
+      np.testing.assert_array_equal(estimator.params['fnet']['conv1']['kernel'],
+                                    want['params']['fnet']['conv1']['kernel'])
+    caplog.clear()
+    with caplog.at_level('INFO', logger='raftdvc_jax'):
+      last = loop.train_and_evaluate(tiny_config(6), workdir, progress=False)
+    assert 'skipped checkpoint step 6' in caplog.text and 'resumed from step 4' in caplog.text, caplog.text
+    assert last['step'] == 6 and [r['step'] for r in records(workdir)] == list(range(1, 7))
+    assert without_timing(records(workdir)) == without_timing(records(uninterrupted))
+    assert os.listdir(os.path.join(workdir, 'damaged_checkpoints'))[0].startswith('6-')
+    assert checkpoint.resolve(workdir, 'latest').endswith(os.sep + '6')
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real = loop.input_pipeline.train_batches
+
+  def poisoned(*args, **kwargs):
+    stream = real(*args, **kwargs)
+    try:
+      for i, batch in enumerate(stream):
+        if i == 2:  # step 3
+          batch = dict(batch, vol0=np.full_like(batch['vol0'], np.nan))
+        yield batch
+    finally:
+      stream.close()
+
+  monkeypatch.setattr(loop.input_pipeline, 'train_batches', poisoned)
+  with pytest.raises(loop.NonFiniteLossError) as e:
+    loop.train_and_evaluate(tiny_config(6), str(tmp_path), progress=False)
+  assert 'between steps 3 and 3' in str(e.value) and 'last good checkpoint is step 2' in str(e.value)
+  assert [r['step'] for r in records(str(tmp_path))] == [1, 2]  # the broken window is not recorded
+  assert checkpoint.resolve(str(tmp_path), 'latest').endswith(os.sep + '2')

@@ -18,14 +18,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-try:
-  import raftdvc_jax  # pylint: disable=unused-import
-except ImportError:  # run from a checkout without `pip install -e .`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from raftdvc_jax.data import augment  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.data import datasets  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+from raftdvc_jax.data import augment
+from raftdvc_jax.data import datasets
+from raftdvc_jax.data import synthetic
 
 _PRESETS = flags.DEFINE_list('presets', ['r2_32', 'r4_64'], 'Presets to time.')
 _SAMPLES = flags.DEFINE_integer('samples', 40, 'Samples timed per preset and mode.', lower_bound=1)
@@ -80,4 +75,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(main)  # --help exits 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +20,9 @@ import time
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # for tests/torch_reference.py, the PyTorch side
+
+from raftdvc_jax import benchmark  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('preset', 's4', 'Model preset (raftdvc_jax.model.config.PRESETS).')
@@ -39,16 +40,7 @@ def _peak_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time(fn, repeats):
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+_time = benchmark.first_and_median
 
 
 def _inputs(batch, size, seed=0):
@@ -185,4 +177,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(main)  # --help exits 0

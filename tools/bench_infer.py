@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 
 from absl import app
 from absl import flags
 import jax
 
-try:
-  import raftdvc_jax  # pylint: disable=unused-import
-except ImportError:  # run from a checkout without `pip install -e .`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from raftdvc_jax.infer import demo  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.infer import memory  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.infer import tiled  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.infer import tiling  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.model.config import preset  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.model.raft import RAFTDVC, init_params  # pylint: disable=g-import-not-at-top
+from raftdvc_jax.infer import demo
+from raftdvc_jax.infer import memory
+from raftdvc_jax.infer import tiled
+from raftdvc_jax.infer import tiling
+from raftdvc_jax.model.config import preset
+from raftdvc_jax.model.raft import RAFTDVC, init_params
 
 _PRESET = flags.DEFINE_string('preset', 's4', 'Model preset (s2, s4, s8, ...).')
 _SIZE = flags.DEFINE_integer('size', 128, 'Volume side in voxels.', lower_bound=8)
@@ -79,4 +73,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(main)  # --help exits 0

@@ -63,4 +63,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(main)  # --help exits 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +24,9 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # for tests/torch_reference.py, the PyTorch side
+
+from raftdvc_jax import benchmark  # pylint: disable=g-import-not-at-top
 
 _PRESET = flags.DEFINE_string('preset', 's4', 'Model preset (raftdvc_jax.model.config.PRESETS).')
 _SIZE = flags.DEFINE_integer('size', 64, 'Cube side of the training volumes.')
@@ -53,16 +54,7 @@ def _batch(batch: int, size: int):
           'flow': np.stack([p['flow'] for p in pairs])}
 
 
-def _timed(step, steps: int):
-  start = time.perf_counter()
-  step()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+_timed = benchmark.first_and_median
 
 
 def run_jax(batch: int) -> dict:
@@ -172,4 +164,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(main)  # --help exits 0

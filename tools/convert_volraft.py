@@ -21,19 +21,12 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 
-try:
-  import raftdvc_jax  # pylint: disable=unused-import
-except ImportError:  # run from a checkout without `pip install -e .`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.convert import sources  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.model.config import ENCODERS, SAMPLERS, ModelConfig  # pylint: disable=g-import-not-at-top
+from raftdvc_jax import cli
+from raftdvc_jax.convert import orbax_io
+from raftdvc_jax.convert import sources
+from raftdvc_jax.model.config import ENCODERS, SAMPLERS, ModelConfig
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'PyTorch checkpoint (.pth/.pt) to convert.', required=True)
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory to create with the converted checkpoint.', required=True)
@@ -62,12 +55,14 @@ def _say(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def describe(config: ModelConfig) -> str:
-  """One line naming what decides the network's behaviour."""
-  return (f'encoder {config.encoder_type} (stride {config.stride}), {config.corr_levels} levels radius '
-          f'{config.corr_radius}, {config.gru} GRU, sampler {config.sampler}, '
-          f'{"VolRAFT" if config.volraft else "RAFT-DVC"} blocks, {config.iters} iterations'
-          + (f', uncertainty {config.uncertainty}' if config.uncertainty != 'none' else ''))
+def check_replaceable(path: str) -> None:
+  """Refuses to --overwrite anything but a converted checkpoint: a folder holding only what convert writes."""
+  expected = {orbax_io.VARIABLES_DIR, orbax_io.CONFIG_FILE, orbax_io.PROVENANCE_FILE}
+  entries = set(os.listdir(path)) if os.path.isdir(path) else None
+  if entries is None or not {orbax_io.VARIABLES_DIR, orbax_io.CONFIG_FILE} <= entries or entries - expected:
+    other = f' (it also holds {", ".join(sorted(entries - expected))})' if entries and entries - expected else ''
+    raise ValueError(f'{path}: --overwrite replaces only a converted checkpoint ({", ".join(sorted(expected))})'
+                     f'{other}; this is not one, so it is left alone')
 
 
 def verify_size(config: ModelConfig, given=None) -> tuple[int, int, int]:
@@ -141,12 +136,14 @@ def convert() -> str:
   src, out = _CHECKPOINT.value, os.path.abspath(_OUTPUT.value)
   if os.path.exists(out) and not _OVERWRITE.value:
     raise FileExistsError(f'{out}: already exists (pass --overwrite to replace it)')
+  if os.path.exists(out):
+    check_replaceable(out)
   if os.path.exists(src) and os.path.exists(out) and os.path.samefile(src, out):
     raise ValueError(f'{out}: --output must differ from --checkpoint')
   t0 = time.perf_counter()
   _say(f'reading {src}')
   source = sources.load_source(src, _FORMAT.value, _VOLRAFT_CONFIG.value, _ENCODER_TYPE.value, _SAMPLER.value)
-  _say(f'detected {source.kind}: {describe(source.config)}')
+  _say(f'detected {source.kind}: {source.config.describe()}')
   for note in source.notes:
     _say(f'note: {note}')
   variables = sources.to_variables(source)
@@ -164,11 +161,14 @@ def convert() -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
+  cli.no_arguments(argv)
+  cli.quiet_logs()
   cli.run(convert)
 
 
+def entry():
+  cli.start(main)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  entry()

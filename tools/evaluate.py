@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import csv
 import io as std_io
-import json
 import os
-import sys
 
-from absl import app
 from absl import flags
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Run directory, step directory, converted directory or .pth.')
@@ -29,19 +26,21 @@ _ITERS = flags.DEFINE_integer('iters', None, 'Refinement iterations (default: th
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Step of a training run to evaluate.')
 _MAX_SAMPLES = flags.DEFINE_integer('max_samples', None, 'Evaluate only the first N samples.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace metrics.csv and summary.json already in --output.')
 flags.mark_flags_as_required(['checkpoint', 'data', 'output'])
 
+OUTPUTS = ('metrics.csv', 'summary.json')
 COLUMNS = ('name', 'epe_mean', 'epe_max', 'gt_flow_mag_mean', 'deformation')
 
 
 def load_estimator(path: str, which: str = 'best'):
-  """A FlowEstimator for a run / step / converted directory or a .pth/.pt; (estimator, resolved path)."""
-  # pylint: disable=import-outside-toplevel
-  import raftdvc_jax
-  from raftdvc_jax.train import checkpoint
-  if os.path.isdir(path) and (os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS))
-                              or os.path.isdir(os.path.join(path, 'variables'))
-                              or any(n.isdigit() for n in os.listdir(path))):
+  """A FlowEstimator for a run / step / converted directory or a .pth/.pt; (estimator, what was loaded)."""
+  import raftdvc_jax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(path) and os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS)):
+    estimator = raftdvc_jax.load(path, which=which)
+    return estimator, estimator.provenance.get('step_dir', path)
+  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):  # a checkpoints/ directory
     path = checkpoint.resolve(path, which)
   return raftdvc_jax.load(path), path
 
@@ -72,11 +71,11 @@ def evaluate(estimator, root: str, iters: int | None = None, max_samples: int | 
   """(rows, summary) for every sample of `root`."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from raftdvc_jax import metrics  # pylint: disable=import-outside-toplevel
-  from raftdvc_jax.train.progress import Progress  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax import progress as progress_lib  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
   total = len(input_pipeline.open_directory(root))
   total = min(total, max_samples) if max_samples else total
-  bar = Progress(total, label='evaluate', enabled=progress)
+  bar = progress_lib.bar(total, 'evaluate', progress, unit='sample')
   rows = []
   for i, (name, s) in enumerate(samples(root)):
     if max_samples and i >= max_samples:
@@ -91,7 +90,7 @@ def evaluate(estimator, root: str, iters: int | None = None, max_samples: int | 
       epe, mag = epe[keep], mag[keep]
     rows.append({'name': name, 'epe_mean': float(epe.mean()), 'epe_max': float(epe.max()),
                  'gt_flow_mag_mean': float(mag.mean()), 'deformation': s['deformation']})
-    bar.update(i + 1)
+    bar.update(1)
   bar.close()
   if not rows:
     raise ValueError(f'{root}: no samples to evaluate')
@@ -106,45 +105,47 @@ def evaluate(estimator, root: str, iters: int | None = None, max_samples: int | 
   return rows, summary
 
 
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', newline='') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_results(output: str, rows: list[dict], summary: dict) -> None:
-  """OUTPUT/metrics.csv and OUTPUT/summary.json, each written to a temporary file first."""
-  os.makedirs(output, exist_ok=True)
+  """OUTPUT/metrics.csv and OUTPUT/summary.json, each written atomically."""
+  from raftdvc_jax import atomic  # pylint: disable=import-outside-toplevel
   buf = std_io.StringIO()
   w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator='\n')
   w.writeheader()
   for r in rows:
     w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in r.items()})
-  _write_atomic(os.path.join(output, 'metrics.csv'), buf.getvalue())
-  _write_atomic(os.path.join(output, 'summary.json'), json.dumps(summary, indent=2, sort_keys=True) + '\n')
+  atomic.write_text(os.path.join(output, 'metrics.csv'), buf.getvalue())
+  atomic.write_json(os.path.join(output, 'summary.json'), summary)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+def check_outputs(output: str, overwrite: bool) -> None:
+  """Refuses, before any compute, an --output that cannot be written or already holds results."""
+  from raftdvc_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.check_writable(output, '--output', folder=True)
+  for name in OUTPUTS:
+    cli.check_new_output(os.path.join(output, name), overwrite, 'result')
+
+
+def run() -> None:
   root = os.path.join(_DATA.value, _SPLIT.value) if _SPLIT.value else _DATA.value
-  try:
-    if os.path.exists(_OUTPUT.value) and not os.path.isdir(_OUTPUT.value):
-      raise ValueError(f'{_OUTPUT.value}: --output exists and is not a directory')
-    from raftdvc_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
-    input_pipeline.open_directory(root)  # a bad --data fails before the model loads
-    estimator, resolved = load_estimator(_CHECKPOINT.value, _WHICH.value)
-    rows, summary = evaluate(estimator, root, _ITERS.value, _MAX_SAMPLES.value, _PROGRESS.value)
-    summary.update(checkpoint=resolved, data=os.path.abspath(root),
-                   iters=_ITERS.value or estimator.config.iters)
-    write_results(_OUTPUT.value, rows, summary)
-  except (ValueError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  check_outputs(_OUTPUT.value, _OVERWRITE.value)
+  from raftdvc_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
+  input_pipeline.open_directory(root)  # a bad --data fails before the model loads
+  estimator, resolved = load_estimator(_CHECKPOINT.value, _WHICH.value)
+  rows, summary = evaluate(estimator, root, _ITERS.value, _MAX_SAMPLES.value, _PROGRESS.value)
+  summary.update(checkpoint=resolved, data=os.path.abspath(root), iters=_ITERS.value or estimator.config.iters)
+  write_results(_OUTPUT.value, rows, summary)
   print(f'{summary["n_samples"]} samples: mean EPE {summary["epe_mean"]:.4f} (median {summary["epe_median"]:.4f}, '
         f'p90 {summary["epe_p90"]:.4f}) -> {_OUTPUT.value}')
 
 
+def main(argv):
+  from raftdvc_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.no_arguments(argv)
+  cli.quiet_logs()
+  cli.show_info()
+  cli.run(run)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.start(main)

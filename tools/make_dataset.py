@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
-import zlib
 
-from absl import app
 from absl import flags
+from absl import logging
 
-try:
-  import raftdvc_jax  # pylint: disable=unused-import
-except ImportError:  # run from a checkout without `pip install -e .`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from raftdvc_jax.data import datasets  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.data import io  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+from raftdvc_jax import cli
+from raftdvc_jax import progress as progress_lib
+from raftdvc_jax.data import datasets
+from raftdvc_jax.data import io
+from raftdvc_jax.data import synthetic
 
 _OUTPUT = flags.DEFINE_string('output', None, 'Dataset directory (created if absent).', required=True)
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', None, 'Number of samples to write.', lower_bound=1,
@@ -48,6 +42,7 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the dataset.', lower_bound=0)
 _SPLIT = flags.DEFINE_string('split', None, 'Write into OUTPUT/SPLIT; also seeds the split apart.')
 _SKIP_EXISTING = flags.DEFINE_boolean('skip_existing', False,
                                       'Keep samples already on disk (writes are atomic, so they are whole).')
+_OVERWRITE = flags.DEFINE_boolean('overwrite', False, 'Replace samples already on disk.')
 
 _CONFIG_FLAGS = {'size': _SIZE, 'particle_radius': _RADIUS, 'density': _DENSITY, 'disp_min': _DISP_MIN,
                  'disp_max': _DISP_MAX, 'deformation': _DEFORMATION, 'noise': _NOISE}
@@ -61,68 +56,60 @@ def config_from_flags() -> synthetic.SyntheticConfig:
   return synthetic.preset(_PRESET.value, **given)
 
 
-def split_seed(seed: int, split: str | None) -> tuple[int, ...]:
-  """The SyntheticDataset seed of a split: (seed,) or (seed, crc32(split))."""
-  return (seed,) if not split else (seed, zlib.crc32(split.encode('utf-8')))
+def sample_paths(output: str, num_samples: int, split: str | None = None) -> list[str]:
+  """OUTPUT[/SPLIT]/sample_NNNNN.npz of every sample."""
+  folder = os.path.join(output, split) if split else output
+  width = max(5, len(str(num_samples - 1)))
+  return [os.path.join(folder, f'sample_{i:0{width}d}.npz') for i in range(num_samples)]
 
 
-class Progress:
-  """A small progress bar on stderr: redrawn in place on a terminal, a line per 10 % otherwise."""
+def check_outputs(paths: list[str], skip_existing: bool, overwrite: bool) -> None:
+  """Refuses, before generating anything, samples already on disk unless --skip_existing or --overwrite."""
+  cli.check_writable(os.path.dirname(paths[0]), 'output folder', folder=True)
+  existing = [p for p in paths if os.path.exists(p)]
+  if existing and not (skip_existing or overwrite):
+    raise ValueError(f'{existing[0]}: exists ({len(existing)} of the {len(paths)} samples do); pass --overwrite '
+                     'to replace them or --skip_existing to keep them')
 
-  def __init__(self, total: int, label: str, stream=None):
-    self.total, self.label, self.done = total, label, 0
-    self.stream = stream or sys.stderr
-    self.tty = self.stream.isatty()
-    self.start = time.perf_counter()
-    self._last_decile = -1
 
-  def update(self, n: int = 1):
-    self.done += n
-    rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-    eta = (self.total - self.done) / rate if rate > 0 else 0.0
-    frac = self.done / self.total
-    bar = '#' * int(30 * frac) + '.' * (30 - int(30 * frac))
-    text = f'{self.label} [{bar}] {self.done}/{self.total} {rate:.1f}/s eta {eta:.0f}s'
-    if self.tty:
-      self.stream.write('\r' + text + ('\n' if self.done >= self.total else ''))
-    elif int(10 * frac) > self._last_decile or self.done >= self.total:
-      self._last_decile = int(10 * frac)
-      self.stream.write(text + '\n')
-    self.stream.flush()
+def check_displacement(config: synthetic.SyntheticConfig) -> None:
+  """Warns when the displacement can exceed a quarter of the volume (beads leave it; flows lose meaning)."""
+  size = min(config.shape)
+  if config.disp_max > size / 4:
+    logging.warning('--disp_max %g exceeds a quarter of the %d-voxel volume: many beads leave the volume and '
+                    'the flow there has no image evidence', config.disp_max, size)
 
 
 def write_dataset(config: synthetic.SyntheticConfig, output: str, num_samples: int, seed: int,
                   split: str | None = None, skip_existing: bool = False, progress: bool = True) -> list[str]:
   """Writes num_samples samples; returns their paths."""
-  folder = os.path.join(output, split) if split else output
-  os.makedirs(folder, exist_ok=True)
-  source = datasets.SyntheticDataset(config, split_seed(seed, split))
-  width = max(5, len(str(num_samples - 1)))
-  bar = Progress(num_samples, os.path.basename(os.path.normpath(folder)) or folder) if progress else None
-  paths = []
-  for i in range(num_samples):
-    path = os.path.join(folder, f'sample_{i:0{width}d}.npz')
-    paths.append(path)
-    if not (skip_existing and os.path.exists(path)):
-      pair = source.pair(i)
-      metadata = dict(pair['metadata'], index=i, split=split, dataset_seed=seed)
-      io.write_sample(path, pair['I1'], pair['I2'], pair['flow'], json.dumps(metadata, sort_keys=True))
-    if bar:
-      bar.update()
+  paths = sample_paths(output, num_samples, split)
+  os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+  source = datasets.SyntheticDataset(config, datasets.split_seed(seed, split))
+  with progress_lib.bar(num_samples, os.path.basename(os.path.dirname(paths[0])) or output, progress,
+                        unit='sample') as bar:
+    for i, path in enumerate(paths):
+      if not (skip_existing and os.path.exists(path)):
+        pair = source.pair(i)
+        metadata = dict(pair['metadata'], index=i, split=split, dataset_seed=seed)
+        io.write_sample(path, pair['I1'], pair['I2'], pair['flow'], json.dumps(metadata, sort_keys=True))
+      bar.update(1)
   return paths
 
 
+def run() -> None:
+  config = config_from_flags()
+  check_displacement(config)
+  check_outputs(sample_paths(_OUTPUT.value, _NUM_SAMPLES.value, _SPLIT.value), _SKIP_EXISTING.value,
+                _OVERWRITE.value)
+  write_dataset(config, _OUTPUT.value, _NUM_SAMPLES.value, _SEED.value, _SPLIT.value, _SKIP_EXISTING.value)
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    config = config_from_flags()
-    write_dataset(config, _OUTPUT.value, _NUM_SAMPLES.value, _SEED.value, _SPLIT.value, _SKIP_EXISTING.value)
-  except (ValueError, OSError) as e:  # VolumeError is a ValueError
-    print(f'make_dataset: error: {e}', file=sys.stderr)
-    return 1
-  return 0
+  cli.no_arguments(argv)
+  cli.quiet_logs()
+  cli.run(run)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.start(main)

@@ -14,11 +14,13 @@ import concurrent.futures
 import glob
 import multiprocessing
 import os
+import zlib
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from raftdvc_jax.data import io
+from raftdvc_jax.data import pairs as pairs_lib
 from raftdvc_jax.data import synthetic
 
 BATCH_KEYS = ('vol0', 'vol1', 'flow', 'mask')
@@ -47,44 +49,28 @@ class NpzDataset:
 
 
 class PairDirectoryDataset:
-  """root/vol0/*.npy, root/vol1/*.npy, root/flow/*.npy [, root/mask/*.npy], matched by file name."""
+  """Pairs with their flows in a folder, by the naming rule of pairs.py (vol0/ vol1/ flow/ [mask/] folders,
+  NAME_vol0.* NAME_vol1.* NAME_flow.* files, or NAME.npz samples), in name order."""
 
   def __init__(self, root):
     self.root = os.fspath(root)
-    folders = {k: os.path.join(self.root, k) for k in ('vol0', 'vol1', 'flow', 'mask')}
-    for k in ('vol0', 'vol1', 'flow'):
-      if not os.path.isdir(folders[k]):
-        raise io.VolumeError(f'{folders[k]}: no such directory (expected vol0/, vol1/, flow/ [, mask/])')
-    if not os.path.isdir(folders['mask']):
-      del folders['mask']
-    names = {k: sorted(n for n in os.listdir(d) if n.endswith('.npy')) for k, d in folders.items()}
-    self.names = names['vol0']
-    if not self.names:
-      raise io.VolumeError(f'{folders["vol0"]}: no .npy files')
-    for k, listed in names.items():
-      missing = sorted(set(self.names) - set(listed))
-      extra = sorted(set(listed) - set(self.names))
-      if missing:
-        raise io.VolumeError(f'{os.path.join(folders[k], missing[0])}: missing, but vol0/ has it')
-      if extra:
-        raise io.VolumeError(f'{os.path.join(folders[k], extra[0])}: has no partner in vol0/')
-    self.folders = folders
+    self.pairs = pairs_lib.find_pairs(self.root, roles=('vol0', 'vol1', 'flow'))
+    self.names = [p.name for p in self.pairs]
 
   def __len__(self) -> int:
-    return len(self.names)
+    return len(self.pairs)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    name = self.names[i]
-    path = {k: os.path.join(d, name) for k, d in self.folders.items()}
-    vol0, vol1, flow = io.read_pair(path['vol0'], path['vol1'], path['flow'], mmap=False)
-    out = {'vol0': np.asarray(vol0, np.float32), 'vol1': np.asarray(vol1, np.float32), 'flow': flow,
-           'name': name}
-    if 'mask' in path:
-      mask = io.read_volume(path['mask'], mmap=False)
-      if mask.shape != vol0.shape:
-        raise io.VolumeError(f'{path["mask"]}: shape {mask.shape} does not match {path["vol0"]} {vol0.shape}')
-      out['mask'] = mask.astype(np.float32)
+    arrays = pairs_lib.read_pair(self.pairs[i], mmap=False, check=True)
+    out = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    out['name'] = self.names[i]
     return out
+
+
+def split_seed(seed: int, split: str | None = None) -> tuple[int, ...]:
+  """The SyntheticDataset seed of a split: (seed, crc32(split)), or (seed,) without a split; splits of one
+  seed are thereby different data, and tools/make_dataset.py writes what training streams on the fly."""
+  return (int(seed),) if not split else (int(seed), zlib.crc32(split.encode('utf-8')))
 
 
 class SyntheticDataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Callable
@@ -13,6 +14,7 @@ from raftdvc_jax.data import io
 from raftdvc_jax.data import synthetic
 
 # Synthetic pair per arm stride: bead radius, density and displacement band of the data that arm was trained on.
+log = logging.getLogger(__name__)
 PAIR_PRESETS = {2: 'r2_32', 4: 'r4_64', 8: 'r8_128'}
 
 
@@ -30,19 +32,10 @@ def make_pair(stride: int = 4, size: int | None = None, seed: int = 0, deformati
 
 
 def random_variables(cfg, seed: int = 0):
-  """Randomly initialised weights of a network (init_params), for running the pipeline without trained ones.
-
-  Compiled without XLA's optimisation passes: the initialisers' random-bit kernels run once, and optimising
-  them took 14-37 s on 2 busy CPU cores against 5-10 s unoptimised (docs/performance.md, "Inference CLI").
-  """
+  """Randomly initialised weights of a network, for running the pipeline without trained ones."""
   import jax  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.model.raft import init_params  # pylint: disable=import-outside-toplevel
-  before = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    return jax.device_get(init_params(cfg, jax.random.key(seed)))
-  finally:
-    jax.config.update('jax_disable_most_optimizations', before)
+  return jax.device_get(init_params(cfg, jax.random.key(seed), optimize=False))
 
 
 def epe_stats(flow: np.ndarray, truth: np.ndarray, mask=None) -> dict:
@@ -126,3 +119,32 @@ def zero_flow_epe(truth: np.ndarray) -> float:
   """The EPE of predicting no motion: the baseline any estimate should beat."""
   return float(metrics.endpoint_error(truth, np.zeros_like(truth)).mean())
 
+
+
+def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, size: int, seed: int,
+            progress: bool) -> str:
+  """infer.py --demo: the pair, its flow by make_pipeline(estimator, label), the figure; returns the report."""
+  # pylint: disable=import-outside-toplevel
+  import raftdvc_jax
+  from raftdvc_jax.infer import tiled
+  from raftdvc_jax.infer.estimator import FlowEstimator
+  from raftdvc_jax.model.config import preset
+  if checkpoint is not None:
+    estimator, label = raftdvc_jax.load(checkpoint), checkpoint
+  else:
+    log.warning('no --checkpoint: running the s4 preset with randomly initialised weights. No trained weights '
+                'ship with raftdvc_jax yet, so the EPE below shows that the pipeline runs, not how accurate it is.')
+    config = preset('s4')
+    estimator, label = FlowEstimator(config, random_variables(config, seed)), 's4, untrained'
+  pipe = make_pipeline(estimator, label)
+  stride = min(PAIR_PRESETS, key=lambda s: (abs(s - estimator.config.stride), s))
+  pipe.check((size,) * 3, f'--demo_size {size}')
+
+  def estimate(vol0, vol1):
+    flow, summaries = pipe.estimate(vol0, vol1, None, progress)
+    log.info(tiled.format_summary(summaries[-1]))
+    return flow
+
+  report = run_demo(estimate, figure_path, stride=stride, size=size, seed=seed, trained=checkpoint is not None,
+                    label=f'{label} (stride {estimator.config.stride})')
+  return format_report(report)

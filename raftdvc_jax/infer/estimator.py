@@ -125,10 +125,7 @@ class FlowEstimator:
     a, b = _as_volume(vol0, 'vol0'), _as_volume(vol1, 'vol1')
     if a.shape != b.shape:
       raise ValueError(f'vol0 and vol1 differ in shape: {a.shape} vs {b.shape}')
-    if min(a.shape) < self._config.min_size:
-      raise ValueError(f'volume {a.shape} is too small for this network: every side must be >= '
-                       f'{self._config.min_size} (stride {self._config.stride}, {self._config.corr_levels} '
-                       'correlation levels)')
+    self._config.check_size(a.shape)
     for name, v in (('vol0', a), ('vol1', b)):
       if not np.isfinite(v).all():
         raise ValueError(f'{name} holds non-finite values (NaN or inf)')

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import os
 import queue
-import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from raftdvc_jax import progress as progress_lib
 from raftdvc_jax.infer import tiling
 
 # Compiled executables by (function, shapes, devices); bounded so that a long session does not grow forever.
@@ -105,35 +105,6 @@ def compile_tile_fn(apply_fn: Callable, batch: int, tile: Sequence[int], init_gr
   while len(_COMPILED) > _COMPILED_MAX:
     _COMPILED.popitem(last=False)
   return compiled
-
-
-class Progress:
-  """A one-line progress bar on stderr: done of total, rate, ETA."""
-
-  def __init__(self, total: int, label: str = 'tiles', enabled: bool = True, stream=None):
-    self.total, self.label, self.enabled = total, label, enabled
-    self.stream = stream or sys.stderr
-    self.start = time.perf_counter()
-    self.done = 0
-
-  def update(self, n: int) -> None:
-    self.done += n
-    if not self.enabled:
-      return
-    elapsed = time.perf_counter() - self.start
-    frac = self.done / max(self.total, 1)
-    eta = elapsed * (1 - frac) / frac if frac > 0 else float('nan')
-    bar = '#' * int(30 * frac)
-    self.stream.write(f'\r{self.label} [{bar:<30}] {self.done}/{self.total}  {elapsed:6.1f}s  ETA {eta:6.1f}s')
-    if self.done >= self.total:
-      self.stream.write('\n')
-    self.stream.flush()
-
-  def close(self) -> None:
-    """Ends a bar left unfinished (a run that failed), so that the next message starts on its own line."""
-    if self.enabled and 0 < self.done < self.total:
-      self.stream.write('\n')
-      self.stream.flush()
 
 
 def _batches_in_background(make_batch: Callable, chunks: list, depth: int = 2):
@@ -238,7 +209,7 @@ def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, ble
     arrays = [tiles0, tiles1] + ([] if inits is None else [inits])
     return [jax.device_put(a, shard) for a in arrays]
 
-  bar = Progress(len(origins), 'tiles', progress)
+  bar = progress_lib.bar(len(origins), 'tiles', progress, unit='tile')
 
   def blend_in(chunk, flows):
     flows = np.asarray(flows)  # waits for the device

@@ -86,6 +86,20 @@ class ModelConfig:
     """Smallest input side: the coarsest pyramid level must keep at least one voxel per side."""
     return self.stride * (2 ** (self.corr_levels - 1) - 1) + 1
 
+  def check_size(self, shape, what: str = 'volume') -> None:
+    """Raises ValueError naming `what` when a side of `shape` is below min_size (the one size rule)."""
+    shape = tuple(int(n) for n in shape)
+    if min(shape) < self.min_size:
+      raise ValueError(f'{what} {shape} is too small for this network: every side must be >= {self.min_size} '
+                       f'({self.describe()})')
+
+  def describe(self) -> str:
+    """One line naming what decides the network's behaviour, for messages."""
+    return (f'stride {self.stride} ({self.encoder_type} encoder), {self.corr_levels} pyramid levels of radius '
+            f'{self.corr_radius}, {self.gru} GRU, {self.sampler} sampler, '
+            f'{"VolRAFT" if self.volraft else "RAFT-DVC"} blocks, {self.iters} iterations'
+            + (f', uncertainty {self.uncertainty}' if self.uncertainty != 'none' else ''))
+
   def replace(self, **changes) -> 'ModelConfig':
     return dataclasses.replace(self, **changes)
 

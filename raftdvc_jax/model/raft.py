@@ -129,10 +129,21 @@ class RAFTDVC(nn.Module):
     return out
 
 
-def init_params(config: ModelConfig, rng, size=None, **module_kwargs):
-  """Initialises the variables of RAFTDVC(config) on a dummy pair of spatial `size` (default: minimal)."""
+# What jax_disable_most_optimizations sets, for one compilation only (no global flag is flipped): the
+# initialisers run once, and optimising their random-bit kernels costs 14-37 s on a small CPU against 5-10 s.
+UNOPTIMIZED = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+def init_params(config: ModelConfig, rng, size=None, optimize: bool = True, **module_kwargs):
+  """Initialises the variables of RAFTDVC(config) on a dummy pair of spatial `size` (default: minimal).
+
+  optimize=False compiles the initialisers without XLA's optimisation passes (faster when they run once).
+  """
   if size is None:
     size = (config.stride * 2 ** (config.corr_levels - 1) * 2,) * 3
   vol = jnp.zeros((1, *size, config.input_channels), jnp.float32)
   model = RAFTDVC(config, **module_kwargs)
-  return jax.jit(lambda r: model.init(r, vol, vol, iters=1))(rng)
+  init = jax.jit(lambda r: model.init(r, vol, vol, iters=1))
+  if optimize:
+    return init(rng)
+  return init.lower(rng).compile(compiler_options=UNOPTIMIZED)(rng)

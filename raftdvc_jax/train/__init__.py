@@ -5,5 +5,5 @@
 
 Modules: loss (sequence loss, EPE), schedule (PyTorch-exact OneCycleLR / CyclicLR), state (TrainState,
 optimizer, init_from), step (jitted data-parallel steps), checkpoint (Orbax layout), input_pipeline (data from
-config.data), defaults (the base config), loop (the trainer), tensorboard, progress.
+config.data), defaults (the base config), loop (the trainer).
 """

@@ -13,34 +13,28 @@ Layout of a run directory:
       model_config.json                the ModelConfig again, so that a step directory loads on its own
 
 So `raftdvc_jax.load(WORKDIR/checkpoints/<step>)` and `orbax_io.load_variables(...)` take a step directory
-directly, and `resolve(WORKDIR)` names the step directory to use (best by validation EPE, else latest).
+directly; `resolve(WORKDIR)` names the step directory to use (best by validation EPE, else latest) and
+`load_run` falls back to the newest step that loads when that one is damaged.
 Kept: the last `keep` steps and the best one by val_epe.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import shutil
+import time
 from typing import Any, Mapping
+
+from raftdvc_jax import atomic
+
+log = logging.getLogger(__name__)
 
 MODEL_CONFIG = 'model_config.json'
 CHECKPOINTS = 'checkpoints'
 BEST_METRIC = 'val_epe'
-
-
-def write_json_atomic(path, obj: Any) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', dir=directory)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(json.dumps(obj, indent=2, sort_keys=True) + '\n')
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+SET_ASIDE = 'damaged_checkpoints'  # WORKDIR/SET_ASIDE/<step>-<time>: steps that failed to restore
 
 
 def _step_dirs(directory: str) -> dict[int, str]:
@@ -59,25 +53,58 @@ def _metric(step_dir: str) -> float | None:
     return None
 
 
-def resolve(path, which: str = 'best') -> str:
-  """The step directory to load from a run directory, its checkpoints/ directory or a step directory.
+def candidates(path, which: str = 'best') -> list[tuple[str, str]]:
+  """(step directory, why it was picked) to try in order: `which` first, then every other step, newest first.
 
-  which: 'best' (lowest val_epe; the latest when no step has one) or 'latest'.
+  path is a run directory, its checkpoints/ directory or a step directory. which: 'best' (lowest val_epe;
+  the latest when no step has one) or 'latest'.
   """
   path = os.path.abspath(os.fspath(path))
   if os.path.isdir(os.path.join(path, 'variables')):
-    return path
+    return [(path, 'the step directory given')]
+  if which not in ('best', 'latest'):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(os.path.join(path, CHECKPOINTS)) else path
   steps = _step_dirs(directory)
   if not steps:
     raise FileNotFoundError(f'{path}: no training checkpoint (expected {CHECKPOINTS}/<step>/variables)')
-  if which == 'best':
-    scored = [(m, s) for s, d in steps.items() if (m := _metric(d)) is not None]
-    if scored:
-      return steps[min(scored)[1]]
-  elif which != 'latest':
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-  return steps[max(steps)]
+  scores = {s: _metric(d) for s, d in steps.items()}
+  scored = sorted((m, s) for s, m in scores.items() if m is not None)
+  order = [scored[0][1]] if which == 'best' and scored else []
+  order += [s for s in sorted(steps, reverse=True) if s not in order]
+
+  def why(s):
+    kind = 'best' if scored and s == scored[0][1] else 'latest' if s == max(steps) else 'older'
+    return f'step {s} ({kind}' + (f', {BEST_METRIC} {scores[s]:.4g})' if scores[s] is not None else ')')
+
+  return [(steps[s], why(s)) for s in order]
+
+
+def resolve(path, which: str = 'best') -> str:
+  """The step directory to load from a run directory, its checkpoints/ directory or a step directory."""
+  return candidates(path, which)[0][0]
+
+
+def load_run(path, which: str = 'best', load=None):
+  """(step_dir, load(step_dir)) of the `which` step of a run, falling back to the newest step that loads.
+
+  Logs which step it uses (best or latest, and its val_epe) and every step it skipped and why; raises the
+  first error when no step loads.
+  """
+  if load is None:
+    from raftdvc_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
+    load = orbax_io.load_variables
+  first = None
+  for step_dir, why in candidates(path, which):
+    try:
+      result = load(step_dir)
+    except (ValueError, OSError) as e:
+      log.warning('%s: skipped %s: cannot load it (%s)', step_dir, why, str(e).splitlines()[0][:300])
+      first = first or e
+      continue
+    log.info('%s: using %s', os.fspath(path), why)
+    return step_dir, result
+  raise first
 
 
 class Checkpoints:
@@ -104,7 +131,7 @@ class Checkpoints:
 
   def _add_model_config(self, step_dir: str) -> None:
     if os.path.isdir(step_dir) and not os.path.isfile(os.path.join(step_dir, MODEL_CONFIG)):
-      write_json_atomic(os.path.join(step_dir, MODEL_CONFIG), self.model_config)
+      atomic.write_json(os.path.join(step_dir, MODEL_CONFIG), self.model_config)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -139,15 +166,46 @@ class Checkpoints:
           train_state=ocp.args.StandardRestore(abstract(train_state)),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      # Orbax raises many types for a checkpoint that does not fit (other model, damaged files).
+      # Orbax raises many types for a checkpoint that does not fit (other model, damaged files); keep the
+      # first line of its message and chain the cause for whoever needs the whole story.
       message = str(e).splitlines()[0] if str(e) else type(e).__name__
-      raise ValueError(f'{self.directory}/{step}: cannot restore this checkpoint into the configured model '
-                       f'({message[:300]})') from None
+      raise ValueError(f'{self.directory}/{step}: cannot restore this checkpoint ({message[:300]})') from e
     variables, ts = restored.variables, restored.train_state
     state = template.replace(step=ts['step'], params=variables['params'],
                              batch_stats=variables.get('batch_stats', template.batch_stats),
                              opt_state=ts['opt_state'], rng=ts['rng'])
     return state, dict(restored.meta)
+
+  def restore_newest(self, template):
+    """(state, meta) of the newest step that restores, or None when there is no step.
+
+    A step that fails to restore (damaged or truncated files) is logged and moved to WORKDIR/damaged_checkpoints/
+    so that training continues from the step before it and saves over its number again. When no step
+    restores, the first error is raised and nothing is moved: that is a config mismatch, not damage.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    errors = []
+    for step in steps:
+      try:
+        restored = self.restore(template, step)
+      except ValueError as e:
+        errors.append((step, e))
+        continue
+      for bad, e in errors:
+        self._set_aside(bad, e)
+      return restored
+    if errors:
+      raise errors[0][1]
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    aside = os.path.join(os.path.dirname(self.directory), SET_ASIDE)
+    os.makedirs(aside, exist_ok=True)
+    target = os.path.join(aside, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    shutil.move(os.path.join(self.directory, str(step)), target)
+    log.warning('skipped checkpoint step %d: %s; moved it to %s and resumed from an older step', step,
+                str(error).split(': ', 1)[-1], target)
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

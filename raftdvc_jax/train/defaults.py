@@ -9,7 +9,7 @@ from raftdvc_jax.model.config import preset
 
 
 def base_config(model: str = 's4', data: str = 'r4_64') -> ml_collections.ConfigDict:
-  """RAFT-DVC's recipe (RAFTDVC_REFERENCE.md 3.1) for model preset `model` on synthetic preset `data`.
+  """RAFT-DVC's training recipe (github.com/zachtong/RAFT-DVC) for model preset `model` on synthetic `data`.
 
   AdamW lr 2e-4, weight decay 5e-5; OneCycle (20 % warm-up, cosine, div 25, final div 1e4) over 75k steps;
   clip 1.0; sequence loss gamma 0.8, L1 summed over components and averaged over voxels; effective batch 8;

@@ -9,18 +9,12 @@ train/ and val/ splits (RAFT-DVC .npz samples, or vol0/ vol1/ flow/ folders of .
 from __future__ import annotations
 
 import os
-import zlib
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from raftdvc_jax import data as data_lib
 from raftdvc_jax.data import datasets, synthetic
-
-
-def split_seed(seed: int, split: str) -> tuple[int, int]:
-  """The SyntheticDataset seed of a split (as tools/make_dataset.py derives it)."""
-  return (int(seed), zlib.crc32(split.encode('utf-8')))
 
 
 class ProcessShard:
@@ -82,7 +76,7 @@ def train_dataset(cfg: Mapping[str, Any], seed: int, process_index: int = 0, pro
   if cfg.get('dir'):
     ds = open_directory(_split_dirs(cfg)[0])
   else:
-    ds = datasets.SyntheticDataset(synthetic_config(cfg), split_seed(seed, 'train'))
+    ds = datasets.SyntheticDataset(synthetic_config(cfg), datasets.split_seed(seed, 'train'))
     if cfg.get('train_size', 0):
       ds = FiniteView(ds, int(cfg['train_size']))
   if process_count == 1:
@@ -126,7 +120,7 @@ def validation_set(cfg: Mapping[str, Any], seed: int) -> list[dict[str, np.ndarr
     ds = open_directory(val_dir)
     n = min(n, len(ds))
   else:
-    ds = datasets.SyntheticDataset(synthetic_config(cfg), split_seed(seed, 'val'))
+    ds = datasets.SyntheticDataset(synthetic_config(cfg), datasets.split_seed(seed, 'val'))
   keys = ('vol0', 'vol1', 'flow', 'mask')
   return [{k: np.asarray(s[k], np.float32) for k in keys if k in s} for s in (ds[i] for i in range(n))]
 

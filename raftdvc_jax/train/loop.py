@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import logging
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from raftdvc_jax import atomic
 from raftdvc_jax import metrics as metrics_lib
+from raftdvc_jax import progress as progress_lib
 from raftdvc_jax.data import synthetic
 from raftdvc_jax.model.config import ModelConfig
 from raftdvc_jax.model.raft import RAFTDVC
@@ -36,9 +38,8 @@ from raftdvc_jax.train import input_pipeline
 from raftdvc_jax.train import schedule as schedule_lib
 from raftdvc_jax.train import state as state_lib
 from raftdvc_jax.train import step as step_lib
-from raftdvc_jax.train.progress import Progress
-from raftdvc_jax.train.tensorboard import SummaryWriter
 
+log = logging.getLogger(__name__)
 COMPUTE_DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
@@ -78,11 +79,12 @@ def validate(config) -> ModelConfig:
   else:
     syn = synthetic.SyntheticConfig.from_dict(_plain(d.synthetic))
     sizes = [d.augment.crop] if d.augment.get('crop') else [syn.shape]
+    if syn.disp_max > min(syn.shape) / 4:
+      log.warning('config.data.synthetic.disp_max %g exceeds a quarter of the %s volume: many beads leave it',
+                  syn.disp_max, 'x'.join(map(str, syn.shape)))
   for size in sizes:
     size = (size,) * 3 if np.isscalar(size) else tuple(size)
-    if min(size) < model_cfg.min_size:
-      raise ValueError(f'training volumes of {size} are smaller than the {model_cfg.min_size} voxels per side '
-                       f'this model needs (stride {model_cfg.stride}, {model_cfg.corr_levels} levels)')
+    model_cfg.check_size(size, 'training volumes of')
   return model_cfg
 
 
@@ -166,11 +168,16 @@ def evaluate(eval_step, variables, samples, batch_size: int, mesh) -> dict[str, 
           'val_zero_epe': float(np.mean(np.concatenate(zero)))}
 
 
+# The parts of config.train the compiled programs depend on; the rest (logging, data, seeds) do not.
+PROGRAM_KEYS = ('corr_method', 'compute_dtype', 'remat', 'schedule', 'num_steps', 'lr', 'weight_decay',
+                'clip_norm', 'loss')
+
+
 @functools.lru_cache(maxsize=4)
 def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple):
-  """(mesh, tx, schedule, jitted train step, jitted eval step) for one model and config.train.
+  """(mesh, tx, jitted train step, jitted eval step) for one model and the PROGRAM_KEYS of config.train.
 
-  Cached, so that runs of one config in one process (resume, train on, sweeps, tests) compile once.
+  Cached, so that runs of one config in one process (resume, sweeps, tests) compile once.
   """
   t = json.loads(train_json)
   mesh = step_lib.make_mesh(devices)
@@ -179,49 +186,130 @@ def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple):
   schedule = schedule_lib.from_config(t['schedule'], t['num_steps'], t['lr'])
   tx = state_lib.optimizer(schedule, t['weight_decay'], t['clip_norm'])
   train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule, t['loss']), mesh)
-  return mesh, tx, schedule, train_step, step_lib.make_eval_step(model, mesh)
+  return mesh, tx, train_step, step_lib.make_eval_step(model, mesh)
 
 
-def _window_record(step: int, window: list, seconds: float | None, timed_steps: int) -> dict[str, Any]:
+def is_time(step: int, every: int, last: int) -> bool:
+  """Whether a periodic action (log, eval, checkpoint) is due after `step`: every `every` steps and the last."""
+  return step % every == 0 or step == last
+
+
+class NonFiniteLossError(ValueError):
+  """The training loss became NaN or inf; the run stops without saving the broken state."""
+
+
+class _Pacer:
+  """Back-pressure and timing: the host stays at most one step ahead of the device, and steps are timed
+  from the end of the first one (so compilation is excluded from steps_per_s)."""
+
+  def __init__(self):
+    self.previous, self.clock, self.timed = None, None, 0
+
+  def step_done(self, metrics) -> None:
+    if self.previous is not None:
+      jax.block_until_ready(self.previous)
+    self.previous = metrics
+    if self.clock is None:
+      jax.block_until_ready(metrics)
+      self.clock = time.perf_counter()
+    else:
+      self.timed += 1
+
+  def lap(self) -> tuple[float, int]:
+    """(seconds, timed steps) since the last lap; starts the next one."""
+    now = time.perf_counter()
+    seconds, timed = now - (self.clock or now), self.timed
+    self.clock, self.timed = now, 0
+    return seconds, timed
+
+
+class _Records:
+  """WORKDIR/metrics.jsonl and the TensorBoard events (process 0 only), cut back to `step` on resume."""
+
+  def __init__(self, workdir: str, step: int, lead: bool):
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.lead = lead
+    self.writer = None
+    if lead:
+      atomic.write_text(self.path, ''.join(_read_records(self.path, step)))
+      # purge_step: TensorBoard drops what a killed run logged after the checkpoint being resumed.
+      self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                                               purge_step=step + 1 if step else None)
+
+  def write(self, record: dict) -> None:
+    if not self.lead:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for key, value in record.items():
+      if key != 'step' and value is not None:
+        tag = ('val/' if key.startswith('val_') else 'train/') + key.removeprefix('val_').removeprefix('train_')
+        self.writer.add_scalar(tag, value, record['step'])
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _window_record(step: int, window: list, seconds: float, timed_steps: int) -> dict[str, Any]:
   host = jax.device_get(window)
   mean = lambda k: float(np.mean([m[k] for m in host], dtype=np.float64))
   record = {'step': step, 'train_loss': mean('loss'), 'train_epe': mean('epe'), 'lr': float(host[-1]['lr']),
             'grad_norm': mean('grad_norm'),
-            'steps_per_s': timed_steps / seconds if seconds and timed_steps > 0 else None}
+            'steps_per_s': timed_steps / seconds if seconds > 0 and timed_steps > 0 else None}
   if 'corr_loss' in host[0]:
     record['train_corr_loss'] = mean('corr_loss')
   return record
 
 
-def train_and_evaluate(config, workdir, *, stop_after: int | None = None, progress: bool = True) -> dict:
-  """Trains (or resumes) the run of `config` in `workdir`; returns the last metrics record.
+def _check_finite(record: dict, ckpts, first_step: int) -> None:
+  """Stops the run when the loss of the window ending at record['step'] is not finite."""
+  if np.isfinite(record['train_loss']):
+    return
+  good = ckpts.latest_step()
+  where = (f'the last good checkpoint is step {good} ({ckpts.directory}/{good})' if good is not None
+           else 'there is no checkpoint yet')
+  raise NonFiniteLossError(f'the training loss became {record["train_loss"]} between steps {first_step} and '
+                           f'{record["step"]}; {where}. Lower config.train.lr or raise clip_norm, then resume')
 
-  stop_after: stop right after that step's metrics, without a checkpoint, as a kill would (for tests).
-  """
+
+def _prepare_workdir(workdir: str, model_cfg: ModelConfig, config, lead: bool) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  _check_workdir(workdir, model_cfg)
+  if lead:
+    atomic.write_json(os.path.join(workdir, ckpt_lib.MODEL_CONFIG), model_cfg.to_dict())
+    atomic.write_json(os.path.join(workdir, CONFIG_FILE), _plain(config))
+
+
+def _initial_state(config, model_cfg: ModelConfig, tx, ckpts, repl):
+  """The newest checkpoint that restores, or a fresh state (from config.init_from when given)."""
+  shapes = state_lib.abstract(model_cfg, tx)
+  template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+  restored = ckpts.restore_newest(template)
+  if restored is not None:
+    log.info('resumed from step %d', int(jax.device_get(restored[0].step)))
+    return restored[0]
+  variables = state_lib.load_pretrained(config.init_from, model_cfg) if config.get('init_from') else None
+  return _replicate(state_lib.create(model_cfg, tx, config.train.seed, variables), repl)
+
+
+def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; returns the last metrics record."""
   model_cfg = validate(config)
   t = config.train
   workdir = os.path.abspath(os.fspath(workdir))
   lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  _check_workdir(workdir, model_cfg)
-  if lead:
-    ckpt_lib.write_json_atomic(os.path.join(workdir, ckpt_lib.MODEL_CONFIG), model_cfg.to_dict())
-    ckpt_lib.write_json_atomic(os.path.join(workdir, CONFIG_FILE), _plain(config))
+  _prepare_workdir(workdir, model_cfg, config, lead)
 
   # Devices, model, optimizer and the compiled steps.
-  program_keys = ('corr_method', 'compute_dtype', 'remat', 'schedule', 'num_steps', 'lr', 'weight_decay',
-                  'clip_norm', 'loss')
-  train_cfg = {k: _plain(t)[k] for k in program_keys}
-  if train_cfg['schedule'].get('name') != 'onecycle':
-    train_cfg['num_steps'] = 0  # only OneCycle depends on the run length: training on reuses the program
-  train_json = json.dumps(train_cfg, sort_keys=True)
-  mesh, tx, _, train_step, eval_step = _programs(model_cfg, train_json, tuple(jax.devices()))
-  accum = int(t.grad_accum)
+  train_json = json.dumps({k: _plain(t)[k] for k in PROGRAM_KEYS}, sort_keys=True)
+  mesh, tx, train_step, eval_step = _programs(model_cfg, train_json, tuple(jax.devices()))
+  accum, pcount = int(t.grad_accum), jax.process_count()
   micro = t.batch_size // accum
   if micro % mesh.size:
     raise ValueError(f'the micro-batch (batch_size / grad_accum = {micro}) must be a multiple of the '
                      f'{mesh.size} devices')
-  pcount = jax.process_count()
   if t.batch_size % pcount:
     raise ValueError(f'config.train.batch_size {t.batch_size} must be a multiple of the {pcount} processes')
   repl = step_lib.replicated(mesh)
@@ -231,57 +319,27 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None, progre
   val_batch = int(t.get('val_batch_size', 0) or micro)
   val_batch = -(-val_batch // mesh.size) * mesh.size
 
-  # State: resume, or start from init_from / a fresh initialisation.
   ckpts = ckpt_lib.Checkpoints(workdir, model_cfg.to_json(), keep=t.keep_checkpoints,
                                track_best=bool(val_samples))
-  start = ckpts.latest_step()
-  if start is None:
-    variables = state_lib.load_pretrained(config.init_from, model_cfg) if config.get('init_from') else None
-    state = _replicate(state_lib.create(model_cfg, tx, t.seed, variables), repl)
-    start = 0
-  else:
-    shapes = state_lib.abstract(model_cfg, tx)
-    template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
-    state, _ = ckpts.restore(template, start)
-  step = int(jax.device_get(state.step))
-
-  metrics_path = os.path.join(workdir, METRICS_FILE)
-  writer = None
-  if lead:
-    kept = _read_records(metrics_path, step)
-    with open(metrics_path + '.tmp', 'w') as f:
-      f.writelines(kept)
-    os.replace(metrics_path + '.tmp', metrics_path)
-    writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), start_step=step + 1 if step else None)
-
-  def write_record(record):
-    if lead:
-      with open(metrics_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-      writer.scalars(record['step'], {('val/' if k.startswith('val_') else 'train/') + k.removeprefix('val_')
-                                      .removeprefix('train_'): v for k, v in record.items() if k != 'step'})
-
-  last = {'step': step}
-  if step >= t.num_steps:
-    print(f'{workdir}: already at step {step} of {t.num_steps}; nothing to do (raise config.train.num_steps '
-          'to train on)', file=sys.stderr)
+  try:
+    state = _initial_state(config, model_cfg, tx, ckpts, repl)
+  except BaseException:
     ckpts.close()
-    if writer:
-      writer.close()
-    return last
+    raise
+  step = int(jax.device_get(state.step))
+  records = _Records(workdir, step, lead)
+  if step >= t.num_steps:
+    log.warning('%s: already at step %d of %d; nothing to do (raise config.train.num_steps to train on)',
+                workdir, step, t.num_steps)
+    ckpts.close()
+    records.close()
+    return {'step': step}
 
-  batch_sharding = step_lib.batch_sharding(mesh)
   batches = input_pipeline.train_batches(config.data, t.batch_size // pcount, t.seed, step,
                                          jax.process_index(), pcount)
-  bar = Progress(t.num_steps, start=step, enabled=progress and lead)
-
-  def save(state, step, val):
-    meta = {'step': step, 'data_position': step * t.batch_size, 'seed': t.seed,
-            'model_config': model_cfg.to_dict(), 'config': _plain(config), 'time': time.time()}
-    ckpts.save(state, meta, val)
-
-  window, previous = [], None
-  clock, timed = None, 0
+  batch_sharding = step_lib.batch_sharding(mesh)
+  bar = progress_lib.bar(t.num_steps, 'train', progress and lead, initial=step, unit='step')
+  pacer, window, last = _Pacer(), [], {'step': step}
   try:
     with _StopFlag() as stop:
       while step < t.num_steps:
@@ -289,45 +347,36 @@ def train_and_evaluate(config, workdir, *, stop_after: int | None = None, progre
         state, metrics = train_step(state, batch)
         step += 1
         window.append(metrics)
-        if previous is not None:
-          jax.block_until_ready(previous)  # keep the host at most one step ahead of the device
-        previous = metrics
-        if clock is None:  # time steps from the end of the first one: compilation excluded
-          jax.block_until_ready(metrics)
-          clock = time.perf_counter()
-        else:
-          timed += 1
+        pacer.step_done(metrics)
+        bar.update(1)
 
-        interrupted = stop.signal is not None
-        is_ckpt = step % t.checkpoint_every == 0 or step == t.num_steps or interrupted
-        is_eval = bool(val_samples) and (step % t.eval_every == 0 or is_ckpt)
-        if is_ckpt or is_eval or step % t.log_every == 0:
-          record = _window_record(step, window, time.perf_counter() - clock, timed)
-          window = []
-          val = evaluate(eval_step, state.variables, val_samples, val_batch, mesh) if is_eval else None
-          record.update(val or {})
-          write_record(record)
-          last = record
-          post = f'loss {record["train_loss"]:.4g}' + (f' val_epe {val["val_epe"]:.4g}' if val else '')
-          bar.update(step, post, force=True)
-          if step == stop_after:
-            break
-          if is_ckpt:
-            save(state, step, val)
-          clock, timed = time.perf_counter(), 0
-        else:
-          bar.update(step)
-          if step == stop_after:
-            break
-        if interrupted:
-          print(f'\nstopped by signal {stop.signal} at step {step}; checkpoint saved; run the same command to '
-                'resume', file=sys.stderr)
+        stopping = stop.signal is not None
+        is_ckpt = is_time(step, t.checkpoint_every, t.num_steps) or stopping
+        is_eval = bool(val_samples) and (is_time(step, t.eval_every, t.num_steps) or is_ckpt)
+        if not (is_ckpt or is_eval or is_time(step, t.log_every, t.num_steps)):
+          continue
+        record = _window_record(step, window, *pacer.lap())
+        _check_finite(record, ckpts, step - len(window) + 1)
+        window = []
+        val = evaluate(eval_step, state.variables, val_samples, val_batch, mesh) if is_eval else None
+        record.update(val or {})
+        records.write(record)
+        last = record
+        bar.set_postfix_str(f'loss {record["train_loss"]:.4g}' + (f' val_epe {val["val_epe"]:.4g}' if val else ''))
+        if is_ckpt:
+          meta = {'step': step, 'data_position': step * t.batch_size, 'seed': t.seed,
+                  'model_config': model_cfg.to_dict(), 'config': _plain(config), 'time': time.time()}
+          ckpts.save(state, meta, val)
+        if stopping:
+          log.warning('stopped by signal %s at step %d; checkpoint saved; run the same command to resume',
+                      stop.signal, step)
           last = dict(last, interrupted=True)
           break
   finally:
     batches.close()  # stops the loader threads
     bar.close()
     ckpts.close()
-    if writer:
-      writer.close()
+    records.close()
+  log.info('step %d: %s', step, ', '.join(f'{k} {v:.4g}' for k, v in last.items()
+                                          if isinstance(v, float) and k != 'steps_per_s'))
   return last

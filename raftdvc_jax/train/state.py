@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import sys
 from typing import Any, Mapping
 
 import flax.struct
@@ -14,6 +14,8 @@ import optax
 
 from raftdvc_jax.model.config import ModelConfig
 from raftdvc_jax.model.raft import init_params
+
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -47,18 +49,10 @@ def optimizer(schedule, weight_decay: float = 5e-5, clip_norm: float = 1.0, b1: 
 
 @functools.lru_cache(maxsize=2)
 def initial_variables(config: ModelConfig, seed: int) -> dict[str, Any]:
-  """init_params(config) from `seed`, as host arrays; cached, so fresh runs in one process initialise once.
-
-  Compiled without XLA's optimisation passes: the initialisers run once, and optimising their random-bit
-  kernels costs 14-37 s on a small CPU against 5-10 s (docs/performance.md, "Inference CLI").
-  """
+  """init_params(config) from `seed`, as host arrays, compiled unoptimised; cached, so fresh runs in one
+  process initialise once."""
   init_key = jax.random.split(jax.random.key(seed))[0]
-  before = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  try:
-    return jax.device_get(init_params(config, init_key))
-  finally:
-    jax.config.update('jax_disable_most_optimizations', before)
+  return jax.device_get(init_params(config, init_key, optimize=False))
 
 
 def create(config: ModelConfig, tx: optax.GradientTransformation, seed: int, variables=None) -> TrainState:
@@ -80,15 +74,17 @@ def load_pretrained(path, config: ModelConfig) -> dict[str, Any]:
   """Variables to fine-tune from: a RAFT-DVC/VolRAFT .pth/.pt, a converted directory or a training run.
 
   The weights must have exactly the shapes `config` implies; fields that differ without changing a shape
-  (encoder stride, sampler, iterations) are reported on stderr and the training config wins.
+  (encoder stride, sampler, iterations) are logged as a warning and the training config wins.
   """
   # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io
   from raftdvc_jax.train import checkpoint
   path = os.fspath(path)
   if os.path.isdir(path):
-    step_dir = checkpoint.resolve(path) if not orbax_io.is_checkpoint_dir(path) else path
-    source_config, variables, _ = orbax_io.load_variables(step_dir)
+    if orbax_io.is_checkpoint_dir(path):
+      source_config, variables, _ = orbax_io.load_variables(path)
+    else:
+      _, (source_config, variables, _) = checkpoint.load_run(path)
   elif os.path.isfile(path):
     from raftdvc_jax.convert import sources
     source = sources.load_source(path)
@@ -101,6 +97,6 @@ def load_pretrained(path, config: ModelConfig) -> dict[str, Any]:
     raise ValueError(f'{e}; the weights were saved for {source_config.to_json()}') from None
   differ = {k: (v, getattr(config, k)) for k, v in source_config.to_dict().items() if getattr(config, k) != v}
   if differ:
-    print(f'note: init_from {path}: training config differs from the weights\' in '
-          + ', '.join(f'{k} ({a!r} -> {b!r})' for k, (a, b) in sorted(differ.items())), file=sys.stderr)
+    log.warning('init_from %s: training config differs from the weights\' in %s', path,
+                ', '.join(f'{k} ({a!r} -> {b!r})' for k, (a, b) in sorted(differ.items())))
   return {k: jax.tree.map(jnp.asarray, v) for k, v in variables.items() if isinstance(v, Mapping)}
