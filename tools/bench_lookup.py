@@ -10,8 +10,6 @@ training (the coordinates are detached).
 
 from __future__ import annotations
 
-import statistics
-import time
 
 from absl import app, flags
 
@@ -24,14 +22,10 @@ flags.DEFINE_string('sampler', 'exact', 'Sampler convention.')
 
 
 def _median(fn, *args):
+  """Median milliseconds of fn(*args) after a first (compiling) call."""
   import jax  # pylint: disable=import-outside-toplevel
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  from raftdvc_jax import benchmark  # pylint: disable=import-outside-toplevel
+  return 1e3 * benchmark.first_and_median(lambda: jax.block_until_ready(fn(*args)), FLAGS.repeats)[1]
 
 
 def main(argv):
