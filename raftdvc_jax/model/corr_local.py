@@ -1,14 +1,17 @@
-"""Memory-light exact correlation: each lookup window computed from the feature maps, query chunk by chunk.
+"""Memory-light exact correlation: each lookup window computed from the feature maps, chunk by chunk.
 
 All-pairs correlation stores N^2 floats per level (a 48^3 feature grid: 49 GB for level 0). The lookup only
 ever reads a (2r+1)^3 window per query, and everything in it is linear in the target features:
   * level l of the pyramid is the all-pairs correlation with the l-times 2x2x2-average-pooled target
     features, since average pooling is linear (RAFT-DVC's corr_otf.py relies on the same identity);
   * a trilinear sample of a correlation row is the correlation with the trilinearly sampled features.
-So per query we gather the block of pooled target features that the window's samples touch, dot it with the
-query's feature vector and interpolate that small correlation block with the same tent weights as the
-all-pairs lookup (corr_fast.py). The queries run in chunks of `chunk` through lax.map, each chunk
-rematerialised in the backward pass, so memory is bounded by the chunk and not by N^2.
+So a window is the query's feature vector dotted with the block of pooled target features its samples
+touch, interpolated with the same tent weights as the all-pairs lookup (corr_fast.py). The queries go in
+TILE^3 tiles: a tile gathers one block covering all its windows (plus `margin` nodes of slack for flow
+variation) and correlates with it as one matmul, which XLA runs far faster than a gather per query; a tile
+whose windows do not fit (a flow discontinuity, a wild initial flow) takes the exact per-query path under
+lax.cond. The tiles run `chunk` queries per lax.map step, each step rematerialised in the backward pass,
+so memory is bounded by the chunk and not by N^2. docs/performance.md has the measurements.
 
 Sampler conventions, channel order and the singleton-level zeros are those of corr.py / samplers.py. Where
 a convention rescales an axis (legacy conventions on non-cubic levels) the window's samples are spaced by
