@@ -47,6 +47,8 @@ _ORDERS = flags.DEFINE_list('orders', ['1', '2'], 'Shape-function orders to run.
 _SMOOTH = flags.DEFINE_float('smooth', api.SMOOTH, 'Gaussian pre-smoothing sigma of refine(), voxels.')
 _REACH = flags.DEFINE_integer('search_reach', None, 'Integer search reach (default: refine()\'s).')
 _PEER = flags.DEFINE_boolean('peer', True, 'Run pyALDVC too when al_dvc is importable.')
+_FROM_FLOW = flags.DEFINE_boolean('from_flow', False,
+                                  'Also run order 1 from flow_init = round(truth) without the integer search.')
 
 
 def bead_pairs(family: str, samples: int):
@@ -111,17 +113,32 @@ def epe(estimate, truth) -> float:
   return float(np.linalg.norm(np.asarray(estimate, np.float64) - truth, axis=1).mean())
 
 
-def run_ours(pairs, order: int):
-  """[(epe, seconds, converged fraction, mean iterations)] per pair, and the warm-up seconds."""
-  kwargs = dict(axes=(NODES,) * 3, order=order, smooth=_SMOOTH.value, search_reach=_REACH.value,
-                batch_size=1000)
+def run_ours(pairs, order: int, from_flow: bool = False):
+  """[(epe, seconds, converged fraction, mean iterations)] per pair, and the warm-up seconds.
+
+  from_flow: start from flow_init = the true field at the nodes rounded to whole voxels (a stand-in for a
+  network's flow, to time the refinement without the integer search).
+  """
+  kwargs = dict(axes=(NODES,) * 3, order=order, smooth=_SMOOTH.value, batch_size=1000)
+  if not from_flow:
+    kwargs['search_reach'] = _REACH.value
+
+  def flow_init(vol0, truth):
+    if not from_flow:
+      return None
+    flow = np.zeros((3,) + vol0.shape, np.float32)
+    grid = node_grid()
+    flow[:, grid[:, 0], grid[:, 1], grid[:, 2]] = np.round(truth).T
+    return flow
+
   start = time.perf_counter()
-  api.refine(pairs[0][0], pairs[0][1], **kwargs)
+  api.refine(pairs[0][0], pairs[0][1], flow_init(pairs[0][0], pairs[0][2]), **kwargs)
   warm = time.perf_counter() - start
   rows = []
   for vol0, vol1, truth in pairs:
+    init = flow_init(vol0, truth)
     start = time.perf_counter()
-    result = api.refine(vol0, vol1, **kwargs)
+    result = api.refine(vol0, vol1, init, **kwargs)
     rows.append((epe(result.nodes.displacement, truth), time.perf_counter() - start,
                  float(result.nodes.converged.mean()), float(result.nodes.iterations.mean())))
   return rows, warm
@@ -168,11 +185,13 @@ def main(argv):
       vol0, vol1, truth, source = speckle_pair(family)
       pairs = [(vol0, vol1, truth)]
       print(f'<!-- {family} made by {source} -->')
-    for order in (int(o) for o in _ORDERS.value):
-      rows, warm = run_ours(pairs, order)
+    runs = [(int(o), False) for o in _ORDERS.value] + ([(1, True)] if _FROM_FLOW.value else [])
+    for order, from_flow in runs:
+      rows, warm = run_ours(pairs, order, from_flow)
       warmups.append((family, order, warm))
       e = [r[0] for r in rows]
-      print(f'| {family} | refine, order {order} | {", ".join(f"{x:.4f}" for x in e)} | {np.mean(e):.4f} | '
+      label = f'refine, order {order}' + (', from round(truth), no search' if from_flow else '')
+      print(f'| {family} | {label} | {", ".join(f"{x:.4f}" for x in e)} | {np.mean(e):.4f} | '
             f'{np.mean([r[1] for r in rows]):.2f} | {np.mean([r[2] for r in rows]):.3f} | '
             f'{np.mean([r[3] for r in rows]):.1f} |', flush=True)
     if _PEER.value:

@@ -44,6 +44,10 @@ def _node(ref, ref_grad, start_g, coef1, node, shift0, texture_floor, tol, min_z
   df = jnp.sqrt(jnp.sum(fz * fz))
   # d f(node + h W(q; dP)) / d dP[c, j] at dP = 0 is h * grad_c f * m_j(q).
   jac = (half * ref_grad.reshape(-1, 3)[:, :, None] * basis[:, None, :k]).reshape(-1, 3 * k)
+  # ZNSSD compares zero-mean subsets, so the model's Jacobian is zero-mean too. Centring changes nothing in
+  # J^T r (r is zero-mean) but makes the Gauss-Newton matrix right: left uncentred, a subset's mean gradient
+  # couples into the translation and convergence turns slow and linear (20+ iterations on smooth speckle).
+  jac = jac - jac.mean(axis=0)
   hess = jac.T @ jac
   # A tiny ridge keeps featureless subsets finite; they are flagged below, not trusted.
   ridge = 1e-7 * jnp.trace(hess) / (3 * k) + 1e-30
