@@ -24,7 +24,7 @@ __all__ = ['FlowEstimator', 'ModelConfig', 'load', 'refine', '__version__']
 def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
          sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None,
          which: str = 'best') -> 'FlowEstimator':
-  """A FlowEstimator from a converted checkpoint directory or a RAFT-DVC/VolRAFT .pth/.pt file.
+  """A FlowEstimator from shipped weights ('s4-starter'), a converted directory or a RAFT-DVC/VolRAFT .pth/.pt.
 
   A training run directory loads its `which` step ('best' by validation EPE, or 'latest'), or the newest
   step that loads when that one is damaged, and logs which. A file is read without executing any
@@ -34,7 +34,8 @@ def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_
   # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io
   from raftdvc_jax.infer.estimator import FlowEstimator as Estimator
-  path = os.fspath(path)
+  from raftdvc_jax import weights
+  path = weights.resolve(path)  # a shipped weight name such as 's4-starter', unless such a path exists
   if os.path.isdir(path):
     if os.path.isdir(os.path.join(path, 'checkpoints')):  # a training run: its best (or latest) step that loads
       from raftdvc_jax.train.checkpoint import load_run

@@ -75,3 +75,52 @@ def test_summarize():
   assert s['p90'] == pytest.approx(3.7) and s['std'] == pytest.approx(np.std([1, 2, 3, 4]))
   with pytest.raises(ValueError):
     metrics.summarize([])
+
+
+def _hand_correlation_loss(f0, f1, gt_low):
+  """The correlation loss written plainly: softmax over targets, trilinear soft targets, inside-only mean."""
+  b, *grid, c = f0.shape
+  n = int(np.prod(grid))
+  total, count = 0.0, 0
+  for s in range(b):
+    logits = f0[s].reshape(n, c).astype(np.float64) @ f1[s].reshape(n, c).T.astype(np.float64) / np.sqrt(c)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    for p, idx in enumerate(np.ndindex(*grid)):
+      t = np.asarray(idx, np.float64) + gt_low[s][idx]
+      if np.any(t < 0) or np.any(t > np.asarray(grid) - 1):
+        continue
+      base = np.minimum(np.floor(t), np.asarray(grid) - 2)
+      frac = t - base
+      nll = 0.0
+      for corner in np.ndindex(2, 2, 2):
+        q = (base + corner).astype(int)
+        w = np.prod(np.where(np.asarray(corner) == 1, frac, 1 - frac))
+        nll -= w * logp[p, np.ravel_multi_index(q, grid)]
+      total += nll
+      count += 1
+  return total / max(count, 1)
+
+
+def test_correlation_loss_matches_a_plain_computation():
+  rng = np.random.default_rng(3)
+  f0 = rng.normal(size=(2, 4, 3, 5, 6)).astype(np.float32)
+  f1 = rng.normal(size=(2, 4, 3, 5, 6)).astype(np.float32)
+  # A full-resolution flow (stride 2) whose feature-grid version is known exactly: a constant field.
+  shift = np.array([0.6, -1.3, 0.25], np.float32)
+  gt = np.broadcast_to(shift * 2, (2, 8, 6, 10, 3)).astype(np.float32)
+  got = float(loss.correlation_loss(jnp.asarray(f0), jnp.asarray(f1), jnp.asarray(gt)))
+  want = _hand_correlation_loss(f0, f1, np.broadcast_to(shift, (2, 4, 3, 5, 3)))
+  assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_correlation_loss_rewards_features_that_match_the_motion():
+  rng = np.random.default_rng(4)
+  f1 = rng.normal(size=(1, 6, 6, 6, 16)).astype(np.float32) * 3
+  gt = np.zeros((1, 12, 12, 12, 3), np.float32)
+  gt[..., 2] = 2.0  # one feature voxel along axis 2 at stride 2
+  matched = np.roll(f1, -1, axis=3)  # f0(p) = f1(p + (0, 0, 1)): the features see the true motion
+  unmatched = rng.normal(size=f1.shape).astype(np.float32) * 3
+  good = float(loss.correlation_loss(jnp.asarray(matched), jnp.asarray(f1), jnp.asarray(gt)))
+  bad = float(loss.correlation_loss(jnp.asarray(unmatched), jnp.asarray(f1), jnp.asarray(gt)))
+  assert good < 0.1 * bad

@@ -1,0 +1,38 @@
+"""Export a training run's best (or latest) step as a converted checkpoint directory, e.g. shipped weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from raftdvc_jax.convert import orbax_io
+from raftdvc_jax.train import checkpoint as ckpt_lib
+
+
+def _records(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def export_run(workdir, output, which: str = 'best', iters: int | None = None, overwrite: bool = False,
+               notes: Mapping[str, Any] | None = None) -> str:
+  """Writes the params of `workdir`'s best/latest step to `output` (orbax_io layout); returns the path.
+
+  iters: the iteration count stored in the exported model config (inference default), if not the run's.
+  Provenance records the run, the step, its validation record and `notes`.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  step_dir = ckpt_lib.resolve(workdir, which)
+  config, variables, _ = orbax_io.load_variables(step_dir)
+  if iters:
+    config = config.replace(iters=int(iters))
+  step = int(os.path.basename(step_dir))
+  record = next((r for r in _records(workdir) if r.get('step') == step and 'val_epe' in r), {})
+  provenance = {'source': 'raftdvc_jax training run', 'run': os.path.basename(workdir), 'step': step,
+                'selected': which, 'validation': {k: v for k, v in record.items() if k.startswith('val_')},
+                **dict(notes or {})}
+  return orbax_io.save(output, config, {'params': variables['params']}, provenance, overwrite=overwrite)

@@ -1,0 +1,31 @@
+r"""Exports a training run's best step as a converted checkpoint directory (e.g. the shipped weights).
+
+  python tools/export_weights.py --run runs/s4_starter --output raftdvc_jax/weights/s4-starter --iters 12
+
+The directory holds model_config.json (with --iters as the inference default), provenance.json (run, step,
+validation record) and the params only (no optimizer state), and loads with raftdvc_jax.load().
+"""
+
+from absl import app
+from absl import flags
+
+from raftdvc_jax import cli
+from raftdvc_jax.train import export
+
+_RUN = flags.DEFINE_string('run', None, 'Training run directory (WORKDIR of train.py).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.')
+_WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which step: best by val_epe, or latest.')
+_ITERS = flags.DEFINE_integer('iters', None, 'Inference iterations stored in the model config.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing converted directory at --output.')
+flags.mark_flags_as_required(['run', 'output'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  print(cli.run(lambda: export.export_run(_RUN.value, _OUTPUT.value, _WHICH.value, _ITERS.value,
+                                          _OVERWRITE.value)))
+
+
+if __name__ == '__main__':
+  cli.start(main)
