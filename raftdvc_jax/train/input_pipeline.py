@@ -17,20 +17,22 @@ from raftdvc_jax import data as data_lib
 from raftdvc_jax.data import datasets, synthetic
 
 
-class ProcessShard:
-  """Items index, index + count, ... of a dataset: the disjoint part one of `count` processes loads."""
+class GlobalBatchSlice:
+  """Process `index` of `count`'s part of the one training stream: rows index*B .. index*B + B - 1 of every
+  global batch of count*B, as the endless dataset batches() walks (its position p is the p-th item this
+  process loads). Order and augmentation follow the global position, so the global batch of every step is
+  the same for any number of processes; each process loads only its rows."""
 
-  def __init__(self, dataset, index: int, count: int):
-    self.dataset, self.index, self.count = dataset, index, count
+  def __init__(self, dataset, batch_size: int, index: int, count: int, seed: int, shuffle: bool, augment):
+    self.dataset, self.batch_size, self.index, self.count = dataset, batch_size, index, count
+    self.seed, self.augment = seed, augment
+    length = len(dataset) if hasattr(dataset, '__len__') else None
+    self.order = datasets._Order(length, seed, shuffle)  # pylint: disable=protected-access
 
-  def __getitem__(self, i: int):
-    return self.dataset[i * self.count + self.index]
-
-
-class FiniteProcessShard(ProcessShard):
-
-  def __len__(self) -> int:
-    return len(range(self.index, len(self.dataset), self.count))
+  def __getitem__(self, p: int):
+    step, row = divmod(p, self.batch_size)
+    position = (step * self.count + self.index) * self.batch_size + row
+    return datasets.load_sample(self.dataset, position, self.order(position), self.seed, self.augment)
 
 
 class FiniteView:
@@ -71,18 +73,15 @@ def synthetic_config(cfg: Mapping[str, Any]) -> synthetic.SyntheticConfig:
   return synthetic.SyntheticConfig.from_dict(dict(cfg['synthetic']))
 
 
-def train_dataset(cfg: Mapping[str, Any], seed: int, process_index: int = 0, process_count: int = 1):
-  """The training dataset (this process's part of it)."""
+def train_dataset(cfg: Mapping[str, Any], seed: int):
+  """The training dataset (all of it; train_batches picks this process's rows)."""
   if cfg.get('dir'):
     ds = open_directory(_split_dirs(cfg)[0])
   else:
     ds = datasets.SyntheticDataset(synthetic_config(cfg), datasets.split_seed(seed, 'train'))
     if cfg.get('train_size', 0):
       ds = FiniteView(ds, int(cfg['train_size']))
-  if process_count == 1:
-    return ds
-  shard = FiniteProcessShard if hasattr(ds, '__len__') else ProcessShard
-  return shard(ds, process_index, process_count)
+  return ds
 
 
 def augmentation(cfg: Mapping[str, Any]) -> data_lib.Augment | None:
@@ -100,9 +99,11 @@ def augmentation(cfg: Mapping[str, Any]) -> data_lib.Augment | None:
 
 def train_batches(cfg: Mapping[str, Any], batch_size: int, seed: int, start_step: int,
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """This process's host batches of step start_step, start_step + 1, ... (background-loaded)."""
-  ds = train_dataset(cfg, seed, process_index, process_count)
-  return datasets.batches(ds, batch_size, seed=int(seed), shuffle=True, augment=augmentation(cfg),
+  """This process's rows (batch_size of them) of the global batches of step start_step, start_step + 1, ...
+  (background-loaded); the global batch does not depend on the process count."""
+  ds = GlobalBatchSlice(train_dataset(cfg, seed), batch_size, process_index, process_count, int(seed),
+                        shuffle=True, augment=augmentation(cfg))
+  return datasets.batches(ds, batch_size, seed=int(seed), shuffle=False, augment=None,
                           start_step=start_step, num_workers=int(cfg.get('num_workers', 2)),
                           prefetch=int(cfg.get('prefetch', 2)), processes=bool(cfg.get('processes', False)))
 
