@@ -129,3 +129,13 @@ def test_the_model_dispatch_builds_local_or_all_pairs():
   np.testing.assert_allclose(jax.jit(local.__call__)(coords), jax.jit(allpairs.__call__)(coords), atol=2e-5)
   with pytest.raises(ValueError, match='local'):
     corr.AllPairsCorr.build(f0, f1, 2, 1, method='bogus')
+
+
+def test_the_memory_planner_knows_local():
+  from raftdvc_jax.infer import memory
+  from raftdvc_jax.model.config import S2
+  allpairs = memory.tile_memory(S2, (96, 96, 96)).total
+  local = memory.tile_memory(S2, (96, 96, 96), corr_method='local').total
+  assert allpairs > 40 * 2**30  # level 0 alone is 49 GB at a 48^3 feature grid
+  assert local < 6 * 2**30      # the s2 arm's whole 96^3 volume ran at 2.25 GiB peak RSS (docs/performance.md)
+  assert corr_local.auto_method(memory.feature_grid((96,) * 3, S2.stride), local) == 'local'

@@ -18,6 +18,7 @@ import jax
 
 from raftdvc_jax.infer import tiling
 from raftdvc_jax.model.config import ENCODERS, ModelConfig
+from raftdvc_jax.model import corr_local
 from raftdvc_jax.model.corr import pyramid_bytes
 
 F32 = 4
@@ -82,8 +83,12 @@ def param_bytes(cfg: ModelConfig) -> int:
   return F32 * (encoder(cfg.feature_dim) + encoder(cfg.hidden_dim + cfg.context_dim) + update)
 
 
-def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1) -> TileMemory:
-  """Estimates the device bytes of one forward over `batch` tiles of shape `tile` with model `cfg`."""
+def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, corr_method: str = 'allpairs') -> TileMemory:
+  """Estimates the device bytes of one forward over `batch` tiles of shape `tile` with model `cfg`.
+
+  corr_method 'local' (model/corr_local.py) replaces the all-pairs build and pyramid by its pooled features
+  and one query chunk's working set.
+  """
   tile = tuple(int(t) for t in tile)
   voxels = math.prod(tile)
   grid = feature_grid(tile, cfg.stride)
@@ -98,8 +103,9 @@ def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1) -> TileMe
       # fnet sees both volumes, cnet the reference: three encoder passes of the same width.
       encoders=F32 * 3 * batch * stem_voxels * ENCODER_LIVE_CHANNELS,
       features=F32 * batch * n * (2 * cfg.feature_dim + cfg.hidden_dim + cfg.context_dim),
-      correlation=CORR_BUILD_COPIES * F32 * batch * n * n,
-      pyramid=pyramid_bytes(grid, cfg.corr_levels, batch),
+      correlation=0 if corr_method == 'local' else CORR_BUILD_COPIES * F32 * batch * n * n,
+      pyramid=(corr_local.local_bytes(grid, cfg.corr_levels, cfg.corr_radius, cfg.feature_dim, batch)
+               if corr_method == 'local' else pyramid_bytes(grid, cfg.corr_levels, batch)),
       iteration=F32 * batch * n * (cfg.corr_levels * (k + slab) + UPDATE_LIVE_CHANNELS))
 
 

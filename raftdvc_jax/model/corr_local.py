@@ -257,17 +257,19 @@ class LocalCorr:
 
 
 def local_bytes(feature_shape: Sequence[int], num_levels: int, radius: int, feature_dim: int, batch: int = 1,
-                chunk: int = DEFAULT_CHUNK) -> int:
-  """Bytes the local lookup holds besides the features: the pooled targets and one chunk's working set."""
-  n = math.prod(feature_shape)
+                chunk: int = DEFAULT_CHUNK, margin: int = DEFAULT_MARGIN) -> int:
+  """Bytes the local lookup holds besides the features: the pooled targets and one lax.map step's working set."""
   pooled, shape = 0, list(feature_shape)
   for _ in range(num_levels - 1):
     shape = [s // 2 for s in shape]
     pooled += math.prod(shape)
-  m, k = 2 * radius + 2, (2 * radius + 1) ** 3
-  # per query: the gathered block and its correlation, the tent weights and the contraction's partial sums
-  per_query = m**3 * (feature_dim + 2) + 3 * k + (2 * radius + 1) * m * m + 3 * (2 * radius + 1) * m
-  return F32 * (batch * pooled * feature_dim + min(chunk, batch * n) * per_query * num_levels)
+  queries = min(chunk, batch * math.prod(feature_shape))
+  m, k = 2 * radius + 1 + TILE + margin, 2 * radius + 1
+  # per level and step: the tiles' feature blocks, each query's correlation block, the contraction's partial
+  # sums and tent weights, and the windows
+  step = (-(-queries // TILE**3) * m**3 * feature_dim
+          + queries * (m**3 + m * m * k + m * k * k + 3 * k * m + 2 * k**3))
+  return F32 * (batch * pooled * feature_dim + num_levels * step)
 
 
 def auto_method(feature_shape: Sequence[int], budget_bytes: int, batch: int = 1) -> str:
