@@ -26,6 +26,10 @@ F32 = 4
 SAFETY = 1.2
 # Encoder: the stem's 32 channels plus a bottleneck block's live tensors (input, 1x1, 3^3, 1x1, residual).
 ENCODER_LIVE_CHANNELS = 3 * 32
+# The convolutions' im2col slabs (model/layers.py: the 7^3 stem's 49 taps per plane, the 3^3 convs' 9 per
+# plane, on top of their inputs): fitted to XLA's buffer assignment of the s8 and s4 forwards at 32-64^3
+# tiles, where the encoder phase measured 5.2x the live channels above.
+ENCODER_IM2COL_CHANNELS = 400
 # Building the pyramid keeps three level-0-sized buffers alive (the matmul, its scaled copy and the reshaped
 # pooling input): XLA's buffer assignment measured exactly 3.0 x level 0 at 16^3 and 24^3 feature grids.
 CORR_BUILD_COPIES = 3
@@ -101,7 +105,7 @@ def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, corr_meth
       params=param_bytes(cfg),
       inputs=F32 * batch * voxels * (2 + 3 + 3),
       # fnet sees both volumes, cnet the reference: three encoder passes of the same width.
-      encoders=F32 * 3 * batch * stem_voxels * ENCODER_LIVE_CHANNELS,
+      encoders=F32 * 3 * batch * stem_voxels * (ENCODER_LIVE_CHANNELS + ENCODER_IM2COL_CHANNELS),
       features=F32 * batch * n * (2 * cfg.feature_dim + cfg.hidden_dim + cfg.context_dim),
       correlation=0 if corr_method == 'local' else CORR_BUILD_COPIES * F32 * batch * n * n,
       pyramid=(corr_local.local_bytes(grid, cfg.corr_levels, cfg.corr_radius, cfg.feature_dim, batch)
