@@ -38,6 +38,9 @@ BATCH_SIZE = 128
 # condition differs from the unseen content, and interpolation there is less exact (64^3, 16/4: nodes 13..49).
 EDGE_MARGIN = 4
 SMOOTH = 0.0  # Gaussian pre-smoothing sigma, voxels (0.7 lowers noise a little, but biases curved warps)
+# Gaussian sigma (voxels) of the vol0 copy the Gauss-Newton gradient comes from. 0.7 helps noisy smooth speckle
+# (ZNCC 0.92: 16 -> 5 iterations) but slows bead pairs (4 -> 10), so it is off by default (docs/accuracy.md).
+GRADIENT_SMOOTH = 0.0
 NODE_FILTER = 5  # nodes per quadratic Savitzky-Golay window over the lattice (0: off)
 
 
@@ -182,13 +185,15 @@ def _search(vol0_d, v1, axes, initial, half, reach, stride, batch_size) -> np.nd
 def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP, order: int = ORDER,
            search_reach: Optional[int] = None, axes=None, max_iter: int = MAX_ITER, tol: float = TOL,
            min_zncc: float = MIN_ZNCC, batch_size: int = BATCH_SIZE, smooth: float = SMOOTH,
-           search_stride: int = SEARCH_STRIDE, node_filter: int = NODE_FILTER) -> Refinement:
+           search_stride: int = SEARCH_STRIDE, node_filter: int = NODE_FILTER,
+           gradient_smooth: float = GRADIENT_SMOOTH) -> Refinement:
   """Refines the displacement vol0 -> vol1 to sub-voxel precision; returns a Refinement (flow, nodes).
 
   Subsets of subset + 1 voxels a side (half-width subset // 2) centred on a node lattice every `step`
   voxels (or the given `axes`), first- (order=1, 12 parameters) or second-order (order=2, 30) shape
   functions, IC-GN on the ZNSSD criterion with vol1's cubic B-spline, after an optional Gaussian
-  pre-smoothing of both volumes (smooth, sigma in voxels). Initial guess: flow_init sampled at the nodes,
+  pre-smoothing of both volumes (smooth, sigma in voxels; gradient_smooth blurs only the copy of vol0 the
+  Gauss-Newton matrix comes from). Initial guess: flow_init sampled at the nodes,
   then an integer search within search_reach voxels of it (default 0 with a flow, SEARCH_REACH without) on
   every search_stride-th node per axis, interpolated to the others. Nodes that do not converge are filled
   from their neighbours and reported in the NodeResult; a quadratic Savitzky-Golay filter of node_filter
@@ -215,7 +220,11 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
 
   coef1 = jnp.asarray(bspline.prefilter(v1))
   vol1_padded = jnp.asarray(bspline.reflect_pad(v1, bspline.PAD))
-  grad0 = jnp.asarray(bspline.grid_gradient(bspline.prefilter(v0)))
+  # The Gauss-Newton matrix comes from vol0's gradient. Noise in it inflates that matrix and shrinks every
+  # step; from a lightly smoothed vol0 it does not. The residual stays unsmoothed, and a symmetric blur's
+  # gradient is uncorrelated with the noise at the same voxel, so the fixed point keeps no bias.
+  source = ndimage.gaussian_filter(v0, gradient_smooth, mode='mirror') if gradient_smooth > 0 else v0
+  grad0 = jnp.asarray(bspline.grid_gradient(bspline.prefilter(source)))
   vol0_d = jnp.asarray(v0)
   texture_floor = np.float32(TEXTURE_TOL * float(v0.std()) * math.sqrt(n ** 3))
   if reach:
