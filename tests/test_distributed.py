@@ -62,9 +62,8 @@ def _driver(mode, workdir, num_processes, process_id, port):
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_disable_most_optimizations', True)  # tiny volumes: compiling costs more than it saves
   if num_processes > 1:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # cross-process collectives on CPU
-    jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=num_processes,
-                               process_id=process_id)
+    from raftdvc_jax.infer import distributed  # pylint: disable=import-outside-toplevel
+    distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)  # selects Gloo collectives on CPU
   if mode == 'train':
     from raftdvc_jax.train import loop  # pylint: disable=import-outside-toplevel
     loop.train_and_evaluate(tiny_train_config(), workdir, progress=False)
