@@ -200,6 +200,10 @@ def test_init_from_converted_directory_and_pytorch_file(tmp_path):
   _, trained, _ = orbax_io.load_variables(checkpoint.resolve(str(tmp_path / 'finetune')))
   step = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(variables)))
   assert 0 < step < 5e-3
+  # A training run directory (which has a model_config.json of its own) gives its best step's weights.
+  got = state_lib.load_pretrained(str(tmp_path / 'finetune'), config)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(trained)):
+    np.testing.assert_array_equal(np.asarray(a), b)
 
 
 def events(workdir):

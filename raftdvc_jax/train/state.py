@@ -81,7 +81,8 @@ def load_pretrained(path, config: ModelConfig) -> dict[str, Any]:
   from raftdvc_jax.train import checkpoint
   path = os.fspath(path)
   if os.path.isdir(path):
-    if orbax_io.is_checkpoint_dir(path):
+    # A run directory also holds a model_config.json, so look for its checkpoints/ first.
+    if orbax_io.is_checkpoint_dir(path) and not os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS)):
       source_config, variables, _ = orbax_io.load_variables(path)
     else:
       _, (source_config, variables, _) = checkpoint.load_run(path)
