@@ -295,7 +295,33 @@ def test_infer_cli_help_documents_every_flag():
   assert run.stdout.startswith('Estimates the displacement field') and 'raftdvc-infer --demo' in run.stdout
   for flag in ('checkpoint', 'vol0', 'vol1', 'output', 'mask', 'data_dir', 'output_dir', 'output_format',
                'strategy', 'iters', 'tile', 'overlap', 'blend', 'batch', 'coarse_checkpoint', 'demo',
-               'demo_size', 'demo_output', 'seed', 'progress', 'overwrite'):
+               'demo_size', 'demo_output', 'seed', 'progress', 'overwrite', 'refine', 'subset', 'node_step',
+               'shape_order', 'search_reach', 'strain', 'voxel_size', 'unit', 'formats', 'figures',
+               'corr_method'):
     line = next((l for l in run.stdout.splitlines() if l.strip().startswith(f'--{flag}:')
                  or l.strip().startswith(f'--[no]{flag}:')), None)
     assert line is not None and len(line.split(':', 1)[1].strip()) > 3, flag
+
+
+def test_infer_cli_refine_without_a_network_then_strain(tmp_path, cache_dir):
+  """--refine alone (integer search + IC-GN) measures a sub-voxel translation; --strain writes its files."""
+  from raftdvc_jax.data import synthetic
+  pair = synthetic.make_pair(synthetic.SyntheticConfig(size=36, particle_radius=2.0, density=6.0, disp_min=1.2,
+                                                       disp_max=1.8, deformation='translation'), 5)
+  np.save(tmp_path / 'a.npy', pair['I1'])
+  np.save(tmp_path / 'b.npy', pair['I2'])
+  out = str(tmp_path / 'flow.npy')
+  args = ('--vol0', str(tmp_path / 'a.npy'), '--vol1', str(tmp_path / 'b.npy'), '--output', out, '--refine',
+          '--subset', '12', '--strain', '--voxel_size', '2,1,1', '--unit', 'um', '--formats', 'npz')
+  run = infer_cli(*args, cache=cache_dir)
+  assert run.returncode == 0, run.stderr
+  flow = np.load(out)
+  inner = (slice(None),) + (slice(10, -10),) * 3
+  epe = np.sqrt(np.square(flow - pair['flow'])[inner].sum(0)).mean()
+  assert epe < 0.05, epe  # the no-motion EPE is above 1.2
+  nodes = np.load(str(tmp_path / 'flow_nodes.npz'))
+  assert nodes['converged'].mean() > 0.9
+  strain = np.load(str(tmp_path / 'flow_strain' / 'strain.npz'))
+  assert strain['F'].shape == (3, 3, 36, 36, 36)
+  # Every output exists now: the same command is refused before any compute, naming the first one.
+  assert_refused(infer_cli(*args, cache=cache_dir), 'flow.npy')
