@@ -153,9 +153,11 @@ def test_demo_end_to_end(tmp_path, cache_dir):
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert os.listdir(png.parent) == ['demo.png']
   out = run.stdout
-  assert 'no trained weights' in out and 'synthetic 32x32x32 bead pair' in out and 'seed 3' in out
+  assert 'synthetic 32x32x32 bead pair' in out and 'seed 3' in out
   epe = float(out.split('EPE mean ')[1].split(',')[0])
   baseline = float(out.split('predicting no motion: ')[1].split(')')[0])
-  assert np.isfinite(epe) and epe > 0 and baseline > 0  # random weights: the value itself means nothing
+  assert np.isfinite(epe) and epe > 0 and baseline > 0
+  # The shipped weights run by default; the report says so when they do no better than no motion.
+  assert ('no better than predicting no motion' in out) == (epe > 0.9 * baseline)
   assert f'figure: {png}' in out
-  assert 'no trained weights ship' in run.stderr.lower() and '2 iterations on the whole volume' in run.stderr
+  assert 's4-starter' in run.stderr and '2 iterations on the whole volume' in run.stderr

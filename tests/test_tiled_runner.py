@@ -232,7 +232,8 @@ def test_demo_scores_and_draws(tmp_path):
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert report['epe_mean'] == pytest.approx(report['epe_zero_flow'], rel=1e-5) and report['epe_mean'] > 0.5
   text = demo.format_report(report)
-  assert 'no trained weights' in text and 'EPE mean' in text and str(path) in text
+  assert 'randomly initialised weights' in text and 'EPE mean' in text and str(path) in text
+  assert 'no better than predicting no motion' in demo.format_report(dict(report, trained=True))
   pair = demo.make_pair(stride=2, size=24, seed=3)
   assert demo.epe_stats(pair['flow'], pair['flow'])['epe_max'] == 0
   with pytest.raises(ValueError, match='png'):

@@ -110,8 +110,11 @@ def format_report(report: dict) -> str:
            f'estimated in {report["seconds"]:.1f} s',
            f'figure: {report["figure"]}']
   if not report['trained']:
-    lines.insert(0, 'NOTE: no trained weights are available yet; this ran randomly initialised weights, so the '
-                    'flow is meaningless and the EPE shows only that the pipeline runs.')
+    lines.insert(0, 'NOTE: this ran randomly initialised weights, so the flow is meaningless and the EPE shows '
+                    'only that the pipeline runs.')
+  elif report['epe_mean'] > 0.9 * report['epe_zero_flow']:
+    lines.insert(2, 'NOTE: these weights do not measure this pair: their EPE is no better than predicting no '
+                    'motion (see the weights\' MODEL_CARD.md); add --refine for subset-based sub-voxel DVC.')
   return '\n'.join(lines)
 
 
@@ -126,16 +129,18 @@ def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, s
   """infer.py --demo: the pair, its flow by make_pipeline(estimator, label), the figure; returns the report."""
   # pylint: disable=import-outside-toplevel
   import raftdvc_jax
+  from raftdvc_jax import weights
   from raftdvc_jax.infer import tiled
   from raftdvc_jax.infer.estimator import FlowEstimator
   from raftdvc_jax.model.config import preset
-  if checkpoint is not None:
-    estimator, label = raftdvc_jax.load(checkpoint), checkpoint
-  else:
-    log.warning('no --checkpoint: running the s4 preset with randomly initialised weights. No trained weights '
-                'ship with raftdvc_jax yet, so the EPE below shows that the pipeline runs, not how accurate it is.')
+  if checkpoint == 'random':
+    log.warning('--checkpoint random: the s4 preset with randomly initialised weights; the EPE below shows that '
+                'the pipeline runs, not how accurate it is.')
     config = preset('s4')
     estimator, label = FlowEstimator(config, random_variables(config, seed)), 's4, untrained'
+  else:
+    checkpoint = checkpoint or weights.DEFAULT  # the shipped starter weights
+    estimator, label = raftdvc_jax.load(checkpoint), checkpoint
   pipe = make_pipeline(estimator, label)
   stride = min(PAIR_PRESETS, key=lambda s: (abs(s - estimator.config.stride), s))
   pipe.check((size,) * 3, f'--demo_size {size}')
@@ -145,6 +150,6 @@ def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, s
     log.info(tiled.format_summary(summaries[-1]))
     return flow
 
-  report = run_demo(estimate, figure_path, stride=stride, size=size, seed=seed, trained=checkpoint is not None,
+  report = run_demo(estimate, figure_path, stride=stride, size=size, seed=seed, trained=checkpoint != 'random',
                     label=f'{label} (stride {estimator.config.stride})')
   return format_report(report)

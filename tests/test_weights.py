@@ -1,0 +1,25 @@
+"""Shipped weights: names resolve inside the installed package and load as estimators."""
+
+import numpy as np
+import pytest
+
+import raftdvc_jax
+from raftdvc_jax import weights
+
+
+def test_every_shipped_name_loads_and_runs():
+  for name in weights.NAMES:
+    estimator = raftdvc_jax.load(name)
+    assert estimator.config.encoder_type == '1/4' and estimator.provenance.get('step', 0) > 0
+    vol = np.random.default_rng(0).random((16, 16, 16), np.float32)
+    flow = estimator(vol, vol, iters=1)
+    assert flow.shape == (3, 16, 16, 16) and np.all(np.isfinite(flow))
+
+
+def test_a_path_wins_over_a_name_and_unknown_names_are_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 's4-starter').mkdir()  # a user's folder of that name is what they mean
+  assert weights.resolve('s4-starter') == 's4-starter'
+  assert weights.resolve('no-such-weights') == 'no-such-weights'
+  with pytest.raises(ValueError, match='s4-starter'):
+    weights.directory('s9-large')
