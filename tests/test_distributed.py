@@ -18,20 +18,15 @@ TIMEOUT = 600
 
 
 def tiny_train_config(num_steps=2):
-  """configs/smoke.py shrunk to 16^3 volumes and a stride-8 encoder of 16 channels, batch 2, no validation."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location('smoke_config', os.path.join(ROOT, 'configs', 'smoke.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.model.update(encoder_type='1/8', feature_dim=16, hidden_dim=16, context_dim=16, corr_levels=2, corr_radius=2,
-                 iters=2)
-  c.data.synthetic.update(size=16, disp_min=0.5, disp_max=1.5, deformation='translation')
-  c.data.update(train_size=0, val_size=0, num_workers=1)
-  c.data.augment.update(flip_prob=0.5, rot90_planes=((1, 2),))  # augmentation must follow the global position
+  """test_train_loop's tiny smoke config: fresh pairs, batch 2, no validation, a small constant-ish lr."""
+  from tests.test_train_loop import tiny_config  # pylint: disable=import-outside-toplevel
+  c = tiny_config(num_steps)
+  c.data.update(train_size=0, val_size=0)  # augmentation must follow the global position
   # A small learning rate: AdamW turns float-rounding noise in near-zero gradient components into steps of
   # up to lr, and 1e-3 made the 1- and 2-process losses drift apart by 6e-4 (relative) within two steps.
-  c.train.update(num_steps=num_steps, batch_size=2, lr=1e-4, log_every=1, checkpoint_every=100)
+  c.train.update(lr=1e-4, log_every=1, checkpoint_every=100)
+  c.train.schedule = dict(name='onecycle', pct_start=0.2, anneal='cos', div_factor=25.0, final_div_factor=1e4,
+                          steps_per_epoch=1)
   return c
 
 

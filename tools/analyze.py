@@ -13,20 +13,13 @@ order; --figures adds DIR/report.png. docs/analysis.md has the conventions.
 
 from __future__ import annotations
 
-import os
-import sys
 
 from absl import app
 from absl import flags
 
-try:
-  import raftdvc_jax  # pylint: disable=unused-import
-except ImportError:  # run from a checkout without `pip install -e .`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from raftdvc_jax import cli  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.analysis import run  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.analysis import strain  # pylint: disable=g-import-not-at-top
+from raftdvc_jax import cli
+from raftdvc_jax.analysis import run
+from raftdvc_jax.analysis import strain
 
 _FLOW = flags.DEFINE_string('flow', None, 'Flow file (3, X0, X1, X2), voxels, channel c along array axis c.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Results folder (created if absent).')
@@ -99,10 +92,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
-  try:
-    app.run(main)
-  except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no error
-    if e.code == 1 and any(a.split('=', 1)[0] in _HELP for a in sys.argv[1:]):
-      sys.exit(0)
-    raise
+  cli.start(main)

@@ -18,10 +18,11 @@ Random weights (the speed does not depend on them); inputs are synthetic bead pa
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from absl import flags
+
+from raftdvc_jax import benchmark
 
 FLAGS = flags.FLAGS
 flags.DEFINE_boolean('quick', False, 'Tiny sizes, narrow models, 2 iterations: checks the code paths on a CPU.')
@@ -64,19 +65,6 @@ def _pairs(batch: int, size: int, seed: int = 0):
           (('vol0', 'I1'), ('vol1', 'I2'), ('flow', 'flow'))}
 
 
-def _timed(fn, repeats: int):
-  """(first call s, median of `repeats` further calls s); fn blocks until its result is ready."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
-
-
 def model_rows(arm: str, dtype_name: str) -> list[tuple]:
   """Forward and train-step rows of one arm and dtype."""
   # pylint: disable=import-outside-toplevel
@@ -97,7 +85,7 @@ def model_rows(arm: str, dtype_name: str) -> list[tuple]:
   data = step_lib.to_device({k: v[None] for k, v in host.items()}, step_lib.batch_sharding(mesh))
   vols = step_lib.to_device({k: host[k] for k in ('vol0', 'vol1')}, step_lib.batch_sharding(mesh, False))
   forward = jax.jit(lambda v, a, b: model.apply(v, a, b).flow)
-  fwd = _timed(lambda: jax.block_until_ready(forward(state.variables, vols['vol0'], vols['vol1'])), FLAGS.repeats)
+  fwd = benchmark.first_and_median(lambda: jax.block_until_ready(forward(state.variables, vols['vol0'], vols['vol1'])), FLAGS.repeats)
   step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, sched, {'gamma': 0.8}), mesh)
   holder = [state]
 
@@ -105,7 +93,7 @@ def model_rows(arm: str, dtype_name: str) -> list[tuple]:
     holder[0], metrics = step(holder[0], data)
     jax.block_until_ready(metrics['loss'])
 
-  train = _timed(one, FLAGS.repeats)
+  train = benchmark.first_and_median(one, FLAGS.repeats)
   what = f'{arm} {size}^3 x{batch} {dtype_name}'
   return [(f'forward {what}', fwd[1], batch / fwd[1], 'pairs/s', f'first call {fwd[0]:.1f} s'),
           (f'train step {what}', train[1], batch / train[1], 'pairs/s', f'first call {train[0]:.1f} s')]
@@ -147,7 +135,7 @@ def corr_rows() -> list[tuple]:
     note, seconds = 'compiled only', float('nan')
     if method == 'local':
       device = jax.local_devices()[0]
-      seconds = _timed(lambda: jax.block_until_ready(compiled(variables, pair['vol0'], pair['vol1'])), 1)[1]
+      seconds = benchmark.first_and_median(lambda: jax.block_until_ready(compiled(variables, pair['vol0'], pair['vol1'])), 1)[1]
       stats = device.memory_stats() or {}
       note = (f'device peak {stats["peak_bytes_in_use"] / 2**30:.2f} GiB' if 'peak_bytes_in_use' in stats
               else 'no device memory stats on this backend')

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 
 from absl import app
@@ -28,14 +27,10 @@ from absl import flags
 import numpy as np
 from scipy import ndimage
 
-try:
-  import raftdvc_jax  # pylint: disable=unused-import
-except ImportError:  # run from a checkout without `pip install -e .`
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from raftdvc_jax.data import datasets  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-from raftdvc_jax.refine import api  # pylint: disable=g-import-not-at-top
+from raftdvc_jax import cli
+from raftdvc_jax.data import datasets
+from raftdvc_jax.data import synthetic
+from raftdvc_jax.refine import api
 
 BEAD_FAMILIES = ('translation', 'affine', 'quadratic')
 SPECKLE_FAMILIES = ('speckle_translation', 'speckle_stretch')
@@ -205,4 +200,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.start(main)
