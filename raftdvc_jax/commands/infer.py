@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 from absl import flags
 
 from raftdvc_jax import cli
+from raftdvc_jax.commands import postprocess
 from raftdvc_jax import weights
 from raftdvc_jax.data import io
 from raftdvc_jax.data import pairs as pairs_lib
@@ -54,26 +54,20 @@ _BATCH = flags.DEFINE_integer('batch', None, 'Tiles per device call (default: th
                               lower_bound=1)
 _COARSE = flags.DEFINE_string('coarse_checkpoint', None, 'Coarse-to-fine: a coarser arm (e.g. s8) run first; '
                               'its flow starts the --checkpoint arm.')
-_REFINE = flags.DEFINE_bool('refine', False, 'Refine the flow to sub-voxel precision by subset IC-GN (docs/'
-                             'accuracy.md); without --checkpoint the start is an integer search. Writes the '
-                             'per-node record beside the flow (FLOW_nodes.npz).')
-_SUBSET = flags.DEFINE_integer('subset', 16, 'Refinement: subset size in voxels (subsets of SUBSET + 1).',
-                               lower_bound=4)
-_NODE_STEP = flags.DEFINE_integer('node_step', 4, 'Refinement: node spacing in voxels.', lower_bound=1)
-_SHAPE_ORDER = flags.DEFINE_enum('shape_order', '1', ['1', '2'], 'Refinement: first-order (affine) or '
-                                 'second-order subset shape functions (removes the curvature bias).')
-_SEARCH_REACH = flags.DEFINE_integer('search_reach', None, 'Refinement: integer search reach in voxels around '
-                                     'the start (default: 0 with --checkpoint, the library default without).',
-                                     lower_bound=0)
-_STRAIN = flags.DEFINE_bool('strain', False, 'Also write strain (F, Green-Lagrange, small strain, scalars) to '
-                            'FLOW_strain/ (docs/analysis.md).')
+_REFINE = flags.DEFINE_bool('refine', False, 'Refine the flow by subset IC-GN (docs/accuracy.md); without '
+                             '--checkpoint it starts from an integer search. Writes FLOW_nodes.npz too.')
+_SUBSET = flags.DEFINE_integer('subset', 16, 'Refinement subset size (SUBSET + 1 voxels a side).', lower_bound=4)
+_NODE_STEP = flags.DEFINE_integer('node_step', 4, 'Refinement node spacing, voxels.', lower_bound=1)
+_SHAPE_ORDER = flags.DEFINE_enum('shape_order', '1', ['1', '2'], 'Refinement shape functions: 1 affine, 2 quadratic.')
+_SEARCH_REACH = flags.DEFINE_integer('search_reach', None, 'Refinement integer search reach, voxels (default: 0 '
+                                     'with --checkpoint, 8 without).', lower_bound=0)
+_STRAIN = flags.DEFINE_bool('strain', False, 'Also write strain and exports to FLOW_strain/ (docs/analysis.md).')
 _VOXEL_SIZE = flags.DEFINE_string('voxel_size', '1,1,1', 'With --strain: voxel size per array axis, A,B,C.')
 _UNIT = flags.DEFINE_string('unit', 'voxel', 'With --strain: unit of --voxel_size (e.g. um).')
-_FORMATS = flags.DEFINE_string('formats', 'npz,vti', 'With --strain: output formats (npz,vti,tsv,tif,aldvc,csv).')
-_FIGURES = flags.DEFINE_bool('figures', False, 'With --strain: write a PNG report of slices.')
-_CORR_METHOD = flags.DEFINE_enum('corr_method', 'auto', ['auto', 'allpairs', 'local'], 'Correlation: the '
-                                  'all-pairs pyramid, or computed window by window from the features (exact, '
-                                  'memory-light: for large tiles and the s2 arm); auto = allpairs.')
+_FORMATS = flags.DEFINE_string('formats', 'npz,vti', 'With --strain: formats (npz,vti,tsv,tif,aldvc,csv).')
+_FIGURES = flags.DEFINE_bool('figures', False, 'With --strain: a PNG report of slices.')
+_CORR_METHOD = flags.DEFINE_enum('corr_method', 'auto', ['auto', 'allpairs', 'local'], 'Correlation: all-pairs '
+                                  'pyramid, or window by window (exact, memory-light); auto = allpairs.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars on stderr.')
 _DEMO = flags.DEFINE_bool('demo', False, 'Estimate the flow of a synthetic bead pair with a known field, print '
                           'the end-point error and write a PNG of central slices.')
@@ -81,58 +75,6 @@ _DEMO_SIZE = flags.DEFINE_integer('demo_size', 64, 'Side of the demo volume in v
 _DEMO_OUTPUT = flags.DEFINE_string('demo_output', 'demo_flow.png', 'Where the demo writes its figure (.png).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the demo pair (and of the random weights without --checkpoint).')
 FLAGS = flags.FLAGS
-
-
-class RefineHook:
-  """Post-processing: sub-voxel refinement of the estimated flow, and its per-node record beside it."""
-
-  def __init__(self, **kwargs):
-    self.kwargs = kwargs
-
-  def outputs(self, flow_path):
-    from raftdvc_jax.refine import api  # pylint: disable=import-outside-toplevel
-    return [api.nodes_path(flow_path)]
-
-  def __call__(self, est):
-    from raftdvc_jax.refine import api  # pylint: disable=import-outside-toplevel
-    result = api.refine(np.asarray(est.vol0), np.asarray(est.vol1), est.flow, **self.kwargs)
-    if est.output is not None:
-      say(f'per-node record: {api.write_nodes(result.nodes, est.output, overwrite=_OVERWRITE.value)}')
-    return est._replace(flow=result.flow)
-
-
-class StrainHook:
-  """Post-processing: strain and exports of the flow into FLOW_strain/ (raftdvc_jax.analysis)."""
-
-  def __init__(self):
-    from raftdvc_jax import analysis  # pylint: disable=import-outside-toplevel
-    self.voxel_size = analysis.parse_voxel_size(_VOXEL_SIZE.value)  # bad flags fail before any compute
-    self.formats = analysis.parse_formats(_FORMATS.value)
-
-  def outputs(self, flow_path):
-    return [os.path.splitext(flow_path)[0] + '_strain']
-
-  def __call__(self, est):
-    from raftdvc_jax import analysis  # pylint: disable=import-outside-toplevel
-    if est.output is not None:
-      (directory,) = self.outputs(est.output)
-      analysis.analyze(est.flow, directory, voxel_size=self.voxel_size, unit=_UNIT.value, formats=self.formats,
-                       mask=est.mask, figures_on=_FIGURES.value, overwrite=_OVERWRITE.value,
-                       model=_CHECKPOINT.value, provenance={'vol0': _VOL0.value, 'vol1': _VOL1.value,
-                                                           'checkpoint': _CHECKPOINT.value})
-      say(f'strain: {directory}')
-    return est
-
-
-def hooks() -> list:
-  """The post-processing the flags ask for, in order: refinement, then strain."""
-  out = []
-  if _REFINE.value:
-    out.append(RefineHook(subset=_SUBSET.value, step=_NODE_STEP.value, order=int(_SHAPE_ORDER.value),
-                          search_reach=_SEARCH_REACH.value))
-  if _STRAIN.value:
-    out.append(StrainHook())
-  return out
 
 
 def say(message: str) -> None:
@@ -199,7 +141,7 @@ def outputs(which: str, pairs) -> list[str]:
     cli.check_writable(path, 'flow file')
     cli.check_output_format(path)
     cli.check_new_output(path, _OVERWRITE.value, 'flow file')
-    for extra in (p for h in hooks() for p in h.outputs(path)):
+    for extra in (p for h in postprocess.hooks(FLAGS) for p in h.outputs(path)):
       cli.check_new_output(extra, _OVERWRITE.value, 'output')
   return paths
 
@@ -233,17 +175,10 @@ def run() -> None:
     return
   from raftdvc_jax.infer.pipeline import run_pairs  # pylint: disable=import-outside-toplevel
   if _CHECKPOINT.value is None:  # --refine alone: no network, the refinement starts from an integer search
-    from raftdvc_jax.infer.pipeline import Estimate  # pylint: disable=import-outside-toplevel
     say('no --checkpoint: the refinement starts from an integer search')
-    for pair, path in zip(pairs, paths):
-      arrays = pairs_lib.read_pair(pair, mmap=True)
-      est = Estimate(pair.name, arrays['vol0'], arrays['vol1'], arrays.get('mask'), None, path, {})
-      for hook in hooks():
-        est = hook(est)
-      io.write_flow(path, est.flow)
-      say(f'{path}: written')
+    postprocess.run_without_network(pairs, paths, postprocess.hooks(FLAGS), say)
     return
-  run_pairs(pipeline(hooks=hooks()), pairs, paths, _PROGRESS.value)
+  run_pairs(pipeline(hooks=postprocess.hooks(FLAGS)), pairs, paths, _PROGRESS.value)
 
 
 def main(argv):
