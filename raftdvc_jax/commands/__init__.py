@@ -2,3 +2,26 @@
 
 Each module defines its flags at import, so import only the one being run.
 """
+
+import ast
+import importlib
+import os
+import sys
+
+HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+
+
+def run_from_checkout(name: str) -> None:
+  """Runs command `name` for `python NAME.py` in a checkout; before `pip install`, --help still works."""
+  try:
+    module = importlib.import_module(f'raftdvc_jax.commands.{name}')
+  except ModuleNotFoundError as e:  # a dependency is missing: one line (and the usage for --help), no traceback
+    hint = f'{e.name} is not installed; run `pip install -e .` in {os.getcwd()} first'
+    if any(a.split('=', 1)[0] in HELP_FLAGS for a in sys.argv[1:]):
+      with open(os.path.join(os.path.dirname(__file__), f'{name}.py')) as f:
+        print(ast.get_docstring(ast.parse(f.read())) or '')
+      print(f'\nnote: {hint}')
+      sys.exit(0)
+    print(f'error: {hint}', file=sys.stderr)
+    sys.exit(1)
+  module.entry()
