@@ -124,7 +124,7 @@ def pipeline(estimator=None, label=None, hooks=()):
   return pipe
 
 
-def outputs(which: str, pairs) -> list[str]:
+def outputs(which: str, pairs, hooks=()) -> list[str]:
   """Every file this run will write, checked (writable, format, not an input, not existing) before compute."""
   if which == 'demo':
     if os.path.splitext(_DEMO_OUTPUT.value)[1].lower() != '.png':
@@ -141,7 +141,7 @@ def outputs(which: str, pairs) -> list[str]:
     cli.check_writable(path, 'flow file')
     cli.check_output_format(path)
     cli.check_new_output(path, _OVERWRITE.value, 'flow file')
-    for extra in (p for h in postprocess.hooks(FLAGS) for p in h.outputs(path)):
+    for extra in (p for h in hooks for p in h.outputs(path)):
       cli.check_new_output(extra, _OVERWRITE.value, 'output')
   return paths
 
@@ -163,7 +163,8 @@ def run() -> None:
     pairs = pairs_lib.find_pairs(_DATA_DIR.value)
   else:
     pairs = []
-  paths = outputs(which, pairs)
+  hooks = postprocess.hooks(FLAGS)  # built once: bad --voxel_size/--formats fail here, before any compute
+  paths = outputs(which, pairs, hooks)
   for pair in pairs:  # every pair is read and checked before the first estimate: no failure after hours
     pairs_lib.read_pair(pair)
   from raftdvc_jax.infer import tiled  # pylint: disable=import-outside-toplevel
@@ -176,9 +177,9 @@ def run() -> None:
   from raftdvc_jax.infer.pipeline import run_pairs  # pylint: disable=import-outside-toplevel
   if _CHECKPOINT.value is None:  # --refine alone: no network, the refinement starts from an integer search
     say('no --checkpoint: the refinement starts from an integer search')
-    postprocess.run_without_network(pairs, paths, postprocess.hooks(FLAGS), say)
+    postprocess.run_without_network(pairs, paths, hooks, say)
     return
-  run_pairs(pipeline(hooks=postprocess.hooks(FLAGS)), pairs, paths, _PROGRESS.value)
+  run_pairs(pipeline(hooks=hooks), pairs, paths, _PROGRESS.value)
 
 
 def main(argv):

@@ -40,14 +40,14 @@ def _epe(flow, gt) -> float:
   return float(np.sqrt(np.square(np.asarray(flow, np.float64) - gt).sum(0)).mean())
 
 
-def score_pairs(predict: Callable, pairs: Iterable[dict]) -> tuple[float, float, int]:
-  """(mean EPE, mean no-motion EPE, count) of predict(vol0, vol1) -> (3, X0, X1, X2) over `pairs`."""
+def score_pairs(predict: Callable, pairs: Iterable[dict]) -> tuple[int, float, float]:
+  """(count, mean EPE, mean no-motion EPE) of predict(vol0, vol1) -> (3, X0, X1, X2) over `pairs`."""
   epe, zero, n = [], [], 0
   for pair in pairs:
     epe.append(_epe(predict(pair['I1'], pair['I2']), pair['flow']))
     zero.append(_epe(np.zeros_like(pair['flow']), pair['flow']))
     n += 1
-  return float(np.mean(epe)), float(np.mean(zero)), n
+  return n, float(np.mean(epe)), float(np.mean(zero))
 
 
 def synthetic_cells(predict: Callable, size: int = 64, per_cell: int = 2,
@@ -59,7 +59,7 @@ def synthetic_cells(predict: Callable, size: int = 64, per_cell: int = 2,
       cfg = synthetic.SyntheticConfig(size=size, particle_radius=2.0, density=4.8, disp_min=lo, disp_max=hi,
                                       deformation=family)
       pairs = (synthetic.make_pair(cfg, (HELDOUT_SEED, b, i)) for i in range(per_cell))
-      cells.append(Cell('synthetic', family, f'{lo:g}-{hi:g}', *_reorder(score_pairs(predict, pairs))))
+      cells.append(Cell('synthetic', family, f'{lo:g}-{hi:g}', *score_pairs(predict, pairs)))
       if progress:
         progress()
   return cells
@@ -72,15 +72,10 @@ def blob_cells(predict: Callable, size: int = 64, per_cell: int = 2, amplitudes:
   for kind in blobs.FIELDS:
     for a, amplitude in enumerate(amplitudes):
       pairs = (blobs.make_pair(kind, size, amplitude, (HELDOUT_SEED, a, i)) for i in range(per_cell))
-      cells.append(Cell('blobs', kind, f'{amplitude:g}', *_reorder(score_pairs(predict, pairs))))
+      cells.append(Cell('blobs', kind, f'{amplitude:g}', *score_pairs(predict, pairs)))
       if progress:
         progress()
   return cells
-
-
-def _reorder(scored):
-  epe, zero, n = scored
-  return n, epe, zero
 
 
 def markdown(cells: Sequence[Cell]) -> str:
