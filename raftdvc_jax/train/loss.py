@@ -10,7 +10,9 @@ import itertools
 import jax
 import jax.numpy as jnp
 
+from raftdvc_jax.model.corr import all_pairs
 from raftdvc_jax.model.layers import resize_trilinear
+from raftdvc_jax.model.raft import coords_grid
 
 COMPONENTS = ('sum', 'mean')
 
@@ -70,12 +72,8 @@ def correlation_loss(fmap0, fmap1, gt):
   """
   b, *grid, c = fmap0.shape
   n = grid[0] * grid[1] * grid[2]
-  f0 = fmap0.reshape(b, n, c).astype(jnp.float32)
-  f1 = fmap1.reshape(b, n, c).astype(jnp.float32)
-  logits = jnp.einsum('bpc,bqc->bpq', f0, f1, precision=jax.lax.Precision.HIGHEST) / jnp.sqrt(jnp.float32(c))
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  coords = jnp.stack(jnp.meshgrid(*(jnp.arange(g, dtype=jnp.float32) for g in grid), indexing='ij'), -1)
-  target = jax.lax.stop_gradient(coords + flow_on_grid(gt, tuple(grid))).reshape(b, n, 3)
+  logp = jax.nn.log_softmax(all_pairs(fmap0, fmap1).reshape(b, n, n), axis=-1)  # the level-0 correlation
+  target = jax.lax.stop_gradient(coords_grid(b, grid) + flow_on_grid(gt, tuple(grid))).reshape(b, n, 3)
   hi = jnp.asarray(grid, jnp.float32) - 1.0
   inside = jnp.all((target >= 0.0) & (target <= hi), axis=-1)
   base = jnp.clip(jnp.floor(target), 0.0, jnp.maximum(hi - 1.0, 0.0))
