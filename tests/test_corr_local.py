@@ -101,9 +101,7 @@ def test_memory_is_bounded_by_the_chunk_not_the_grid():
   assert small < large  # the working set grows with the chunk
 
 
-def test_auto_method_and_byte_estimate():
-  assert corr_local.auto_method((16, 16, 16), 2**30) == 'allpairs'
-  assert corr_local.auto_method((48, 48, 48), 6 * 2**30) == 'local'
+def test_byte_estimate_grows_with_the_chunk():
   small = corr_local.local_bytes((48, 48, 48), 2, 4, 128, chunk=256)
   assert small < corr_local.local_bytes((48, 48, 48), 2, 4, 128, chunk=1024) < corr.pyramid_bytes((48,) * 3, 2)
 
@@ -138,4 +136,39 @@ def test_the_memory_planner_knows_local():
   local = memory.tile_memory(S2, (96, 96, 96), corr_method='local').total
   assert allpairs > 40 * 2**30  # level 0 alone is 49 GB at a 48^3 feature grid
   assert local < 6 * 2**30      # the s2 arm's whole 96^3 volume ran at 2.25 GiB peak RSS (docs/performance.md)
-  assert corr_local.auto_method(memory.feature_grid((96,) * 3, S2.stride), local) == 'local'
+  assert memory.choose_corr_method(S2, (96,) * 3, 1, int(1.01 * local)) == 'local'
+  assert memory.choose_corr_method(S2, (16,) * 3, 1, int(1.01 * local)) == 'allpairs'
+  assert memory.choose_corr_method(S2, (96,) * 3, 1, 2**20, 'allpairs') == 'allpairs'  # explicit: as given
+  # auto plans with local where all-pairs cannot take one tile; all-pairs' refusal points to local.
+  assert memory.pick_batch(S2, (96,) * 3, budget=int(1.01 * local), corr_method='auto') == 1
+  with pytest.raises(memory.TileTooLargeError, match='use --corr_method local'):
+    memory.pick_batch(S2, (96,) * 3, budget=int(1.01 * local))
+  assert memory.largest_cube_tile(S2, int(1.01 * local), corr_method='auto') >= 96
+
+
+def test_estimator_auto_runs_local_when_all_pairs_does_not_fit(monkeypatch):
+  from raftdvc_jax.infer import estimator as estimator_lib
+  from raftdvc_jax.infer import memory
+  from raftdvc_jax.model.config import ModelConfig
+  from raftdvc_jax.model.raft import init_params
+  cfg = ModelConfig(encoder_type='1/2', feature_dim=16, hidden_dim=16, context_dim=16, corr_levels=2,
+                    corr_radius=2, iters=2)  # a 12^3 feature grid: all-pairs' build outweighs the encoders
+  variables = init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  vol0 = rng.random((24, 24, 24)).astype(np.float32)
+  vol1 = np.roll(vol0, 1, axis=2)
+  tile = (24, 24, 24)
+  local = memory.tile_memory(cfg, tile, 1, 'local').total
+  assert local < memory.tile_memory(cfg, tile, 1, 'allpairs').total
+  methods = []
+  real = estimator_lib._tile_fn
+  monkeypatch.setattr(estimator_lib, '_tile_fn', lambda c, m, *a: methods.append(m) or real(c, m, *a))
+  auto = estimator_lib.FlowEstimator(cfg, variables)
+  allpairs = estimator_lib.FlowEstimator(cfg, variables, corr_method='allpairs')
+  monkeypatch.setattr(memory, 'default_budget', lambda: local)  # room for local only
+  flow = auto(vol0, vol1)
+  monkeypatch.setattr(memory, 'default_budget', lambda: 2**40)
+  ref = allpairs(vol0, vol1)
+  assert methods == ['local', 'allpairs']
+  assert float(np.abs(ref).max()) > 1e-3
+  np.testing.assert_allclose(flow, ref, atol=1e-4)

@@ -152,6 +152,35 @@ def test_two_process_inference_matches_one_process(tmp_path):
   assert total > 2 and sorted(s['tiles'] for s in summaries) == [total // 2, total - total // 2]
 
 
+def test_infer_cli_on_two_processes_writes_the_one_process_flow(tmp_path):
+  """infer.py --distributed: each process runs its share of the tiles, process 0 writes the blended flow."""
+  import raftdvc_jax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
+  vol0, vol1 = tiny_volume_pair()
+  for name, vol in (('vol0', vol0), ('vol1', vol1)):
+    np.save(tmp_path / f'{name}.npy', vol)
+  ckpt = orbax_io.save(str(tmp_path / 'ckpt'), tiny_model_config(), tiny_variables(), {'kind': 'test'})
+  out = tmp_path / 'flow.npy'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             XLA_FLAGS='--xla_force_host_platform_device_count=1', RAFTDVC_JAX_CACHE=str(tmp_path / 'cache'))
+  port = _free_port()
+  args = ['--checkpoint', ckpt, '--vol0', str(tmp_path / 'vol0.npy'), '--vol1', str(tmp_path / 'vol1.npy'),
+          '--output', str(out), '--tile', '16', '--overlap', '0.5', '--batch', '2', '--iters', '2', '--distributed',
+          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'infer.py'), *args, f'--process_id={i}'], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT) for i in range(2)]
+  logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert 'wrote' in logs[0] and 'process 0 writes' in logs[1], logs
+  assert sorted(os.listdir(tmp_path)) == ['cache', 'ckpt', 'flow.npy', 'vol0.npy', 'vol1.npy']  # one output only
+  est = raftdvc_jax.load(ckpt)
+  ref = est.tiled(vol0, vol1, tile=16, overlap=0.5, blend='gaussian', batch=2, iters=2)
+  flow = np.load(out)
+  assert float(np.abs(ref).max()) > 1e-3
+  np.testing.assert_allclose(flow, ref, atol=1e-5)
+
+
 def test_two_process_training_matches_one_process(tmp_path):
   _launch(('train', tmp_path / 'one', 1), ('train', tmp_path / 'two', 2))
   one, two = _losses(tmp_path / 'one'), _losses(tmp_path / 'two')

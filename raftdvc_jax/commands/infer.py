@@ -4,6 +4,7 @@ r"""Estimates the displacement field between a reference and a deformed volume.
   raftdvc-infer --checkpoint CKPT --vol0 ref.tif --vol1 def.tif --output flow.npy               # whole volume
   raftdvc-infer --checkpoint CKPT --vol0 ref.tif --vol1 def.tif --output flow.npy --tile 64      # tiled
   raftdvc-infer --checkpoint CKPT --data_dir pairs/ --output_dir flows/                         # every pair
+  raftdvc-infer --checkpoint CKPT ... --tile 64 --distributed   # one process per host: tiles split, process 0 writes
 
 (`python infer.py ...` in a checkout is the same.) --checkpoint is a converted or training checkpoint directory, or a
 RAFT-DVC / VolRAFT .pth/.pt converted in memory without executing anything in it. Volumes: .npy, .npz,
@@ -20,6 +21,7 @@ import sys
 from absl import flags
 
 from raftdvc_jax import cli
+from raftdvc_jax.commands import multiprocess
 from raftdvc_jax.commands import postprocess
 from raftdvc_jax import weights
 from raftdvc_jax.data import io
@@ -67,7 +69,8 @@ _UNIT = flags.DEFINE_string('unit', 'voxel', 'With --strain: unit of --voxel_siz
 _FORMATS = flags.DEFINE_string('formats', 'npz,vti', 'With --strain: formats (npz,vti,tsv,tif,aldvc,csv).')
 _FIGURES = flags.DEFINE_bool('figures', False, 'With --strain: a PNG report of slices.')
 _CORR_METHOD = flags.DEFINE_enum('corr_method', 'auto', ['auto', 'allpairs', 'local'], 'Correlation: all-pairs '
-                                  'pyramid, or window by window (exact, memory-light); auto = allpairs.')
+                                  'pyramid (fastest), or window by window (same result, memory-light); auto = all-pairs when a tile fits '
+                                  'the device memory with it, else local.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars on stderr.')
 _DEMO = flags.DEFINE_bool('demo', False, 'Estimate the flow of a synthetic bead pair with a known field, print '
                           'the end-point error and write a PNG of central slices.')
@@ -85,6 +88,9 @@ def mode() -> str:
   """Which of the three modes the flags ask for (single, batch, demo); refuses mixtures and gaps."""
   given = lambda names: [f'--{n}' for n in names if FLAGS[n].value is not None]
   single, batch = given(('vol0', 'vol1', 'output')), given(('data_dir', 'output_dir'))
+  if multiprocess.requested() and (_DEMO.value or _CHECKPOINT.value is None or _COARSE.value):
+    raise ValueError('--distributed splits the tiles of --checkpoint over processes; it does not run with '
+                     '--demo, --coarse_checkpoint or --refine without --checkpoint')
   if _DEMO.value:
     if single + batch + given(('mask',)):
       raise ValueError(f'--demo makes its own volumes; drop {", ".join(single + batch + given(("mask",)))}')
@@ -117,7 +123,7 @@ def pipeline(estimator=None, label=None, hooks=()):
     say(f'coarse arm {_COARSE.value}: {coarse.config.describe()}')
   iters = _ITERS.value if _ITERS.value or FLAGS['strategy'].present else estimator.config.iters
   pipe = Pipeline(estimator, coarse, _TILE.value, _STRATEGY.value, iters, _OVERLAP.value, _BLEND.value,
-                  _BATCH.value, hooks, (label, _COARSE.value or ''))
+                  _BATCH.value, hooks, (label, _COARSE.value or ''), FLAGS.distributed)
   if pipe.settings.coarse_to_fine and coarse is None:
     say(f'note: --strategy {pipe.settings.name} runs a coarse arm first when --coarse_checkpoint names one')
   say(pipe.describe() + '; the first run of a tile shape compiles')
@@ -167,6 +173,11 @@ def run() -> None:
   paths = outputs(which, pairs, hooks)
   for pair in pairs:  # every pair is read and checked before the first estimate: no failure after hours
     pairs_lib.read_pair(pair)
+  lead = True
+  if multiprocess.start():  # before anything else uses JAX
+    import jax  # pylint: disable=import-outside-toplevel
+    lead = jax.process_index() == 0
+    say(f'process {jax.process_index()} of {jax.process_count()}; process 0 writes the flow')
   from raftdvc_jax.infer import tiled  # pylint: disable=import-outside-toplevel
   tiled.enable_compilation_cache()
   if which == 'demo':
@@ -179,7 +190,7 @@ def run() -> None:
     say('no --checkpoint: the refinement starts from an integer search')
     postprocess.run_without_network(pairs, paths, hooks, say)
     return
-  run_pairs(pipeline(hooks=hooks), pairs, paths, _PROGRESS.value)
+  run_pairs(pipeline(hooks=hooks), pairs, paths, _PROGRESS.value and lead)
 
 
 def main(argv):

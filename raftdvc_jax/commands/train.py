@@ -20,15 +20,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from raftdvc_jax import cli
+from raftdvc_jax.commands import multiprocess
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file, e.g. configs/raftdvc.py:s4.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics.jsonl, TensorBoard).')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
-                                 'Call jax.distributed.initialize() before anything else (multi-host).')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (with --distributed).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --distributed).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (with --distributed).')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar on stderr.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -37,10 +33,7 @@ def main(argv):
   cli.no_arguments(argv)
   cli.quiet_logs()
   cli.show_info()
-  import jax  # pylint: disable=import-outside-toplevel
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  cli.run(multiprocess.start)
   from raftdvc_jax.train import loop  # pylint: disable=import-outside-toplevel
   config = cli.load_config(_CONFIG)
   last = cli.run(lambda: loop.train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value),

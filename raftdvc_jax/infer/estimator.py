@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import math
 import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -18,6 +19,7 @@ from raftdvc_jax.infer import tiling
 from raftdvc_jax.model.config import ModelConfig
 from raftdvc_jax.model.raft import RAFTDVC
 
+log = logging.getLogger(__name__)
 
 # (config, tile shape, iters) -> how many times the network was traced for it; 1 once compiled.
 TRACES: collections.Counter = collections.Counter()
@@ -150,14 +152,25 @@ class FlowEstimator:
       return plan, int(batch)
     devices = jax.local_device_count()
     cpu = jax.local_devices()[0].platform == 'cpu'
-    cap = memory.pick_batch(self._config, plan.tile, devices=devices, max_per_device=1 if cpu else 64)
+    cap = memory.pick_batch(self._config, plan.tile, devices=devices, max_per_device=1 if cpu else 64,
+                            corr_method=self._corr_method)
     tiles = plan.num_tiles if mask is None else len(plan.select(mask))
     return plan, balanced_batch(cap, tiles, devices)
+
+  def corr_method_for(self, tile: Sequence[int], batch: int = 1) -> str:
+    """The correlation a batch of tiles runs with: 'auto' is 'allpairs' when it fits the device, else 'local'."""
+    per_device = max(1, -(-int(batch) // jax.local_device_count()))
+    method = memory.choose_corr_method(self._config, tile, per_device, corr_method=self._corr_method)
+    if method != self._corr_method:
+      need = memory.tile_memory(self._config, tile, per_device, 'allpairs').total
+      log.info('all-pairs correlation would need ~%.1f GiB for %d tile(s) of %s; using the memory-light local '
+               'correlation (same result)', need / 2**30, per_device, 'x'.join(map(str, tile)))
+    return method
 
   def tiled(self, vol0, vol1, tile=64, overlap: float = 0.5, blend: str = 'gaussian',
             batch: Optional[int] = None, iters: Optional[int] = None, mask=None,
             flow_init_fn: Optional[Callable] = None, progress: bool = False, return_summary: bool = False,
-            memmap: Optional[bool] = None):
+            memmap: Optional[bool] = None, across_processes: bool = False):
     """Flow (3, X0, X1, X2) float32 from vol0 to vol1 over blended tiles of one shape.
 
     tile is N, (X, Y, Z) or 'X,Y,Z' (0 = whole axis; a tile at least the volume's size is one whole-volume
@@ -165,6 +178,8 @@ class FlowEstimator:
     largest batch that fits the device (see plan). mask skips tiles without a mask voxel and zeroes the
     flow outside it. flow_init_fn(origin, tile) -> (h0, h1, h2, 3) starts each tile from a given flow in
     feature voxels (coarse_to_fine.flow_init_fn). return_summary adds the runner's summary dict.
+    across_processes splits the tiles over the processes of a jax.distributed job (every process calls it
+    alike; process 0 gets the flow, the others None; infer/distributed.py).
     """
     iters = self._iters(iters)
     self._check_channels()
@@ -173,13 +188,13 @@ class FlowEstimator:
     shape = tiled_runner.validate_pair(vol0, vol1, mask)
     if blend not in tiling.BLENDS:  # before the memory plan, which would not look at it
       raise ValueError(f'blend {blend!r} is not one of {", ".join(tiling.BLENDS)}')
-    _, batch = self.plan(shape, tile, overlap, mask, batch)
-    fn = _tile_fn(self._net_config, self._corr_method, self._dtype, iters)
+    plan, batch = self.plan(shape, tile, overlap, mask, batch)
+    fn = _tile_fn(self._net_config, self.corr_method_for(plan.tile, batch), self._dtype, iters)
     with self._lock:  # one run at a time: the runner owns the devices while it streams tiles
       return tiled_runner.run_tiled(fn, vol0, vol1, tile, overlap, blend, batch, mask, flow_init_fn, progress,
                                     params=self._variables, min_size=self._config.min_size,
                                     init_stride=self._config.stride, memmap=memmap,
-                                    return_summary=return_summary)
+                                    return_summary=return_summary, across_processes=across_processes)
 
   def __call__(self, vol0, vol1, iters: Optional[int] = None) -> np.ndarray:
     """Flow (3, X0, X1, X2) float32 from vol0 to vol1, whole volume in one pass (tiled's one-tile case)."""

@@ -129,45 +129,67 @@ def _gib(b: float) -> str:
   return f'{b / 2**30:.2f} GiB'
 
 
-def largest_cube_tile(cfg: ModelConfig, budget: int, upto: int = 1024) -> int:
+def default_budget() -> int:
+  """Bytes a plan may use on each device: BUDGET_FRACTION of the first local device's free memory."""
+  return int(BUDGET_FRACTION * device_memory_bytes())
+
+
+def choose_corr_method(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, budget: int | None = None,
+                       corr_method: str = 'auto') -> str:
+  """Resolves corr_method 'auto': 'allpairs' (fastest) when a batch of tiles fits the budget with it, else 'local'.
+
+  'allpairs' and 'local' are returned as given.
+  """
+  if corr_method != 'auto':
+    return corr_method
+  budget = default_budget() if budget is None else budget
+  return 'allpairs' if tile_memory(cfg, tile, batch, 'allpairs').total <= budget else 'local'
+
+
+def largest_cube_tile(cfg: ModelConfig, budget: int, upto: int = 1024, corr_method: str = 'allpairs') -> int:
   """The largest cubic tile side (a multiple of the stride, >= cfg.min_size) whose batch of one fits budget."""
   best = 0
   side = cfg.stride * -(-cfg.min_size // cfg.stride)
   while side <= upto:
-    if tile_memory(cfg, (side,) * 3).total <= budget:
+    cube = (side,) * 3
+    if tile_memory(cfg, cube, 1, choose_corr_method(cfg, cube, 1, budget, corr_method)).total <= budget:
       best = side
     side += cfg.stride
   return best
 
 
 def pick_batch(cfg: ModelConfig, tile: Sequence[int], budget: int | None = None, devices: int = 1,
-               max_per_device: int = 64) -> int:
+               max_per_device: int = 64, corr_method: str = 'allpairs') -> int:
   """The largest total batch (a multiple of `devices`) whose per-device share fits the budget.
 
-  budget is bytes per device (default: BUDGET_FRACTION of the first local device's free memory); the share is
-  capped at max_per_device, beyond which larger batches stop paying on any device. Raises
-  TileTooLargeError, naming a tile size that would fit, when even one tile per device does not.
+  budget is bytes per device (default_budget()); the share is capped at max_per_device, beyond which larger
+  batches stop paying on any device. corr_method 'auto' plans all-pairs batches while one tile fits with it,
+  else 'local' ones (choose_corr_method then gives the method for the batch). Raises TileTooLargeError,
+  naming a tile size that would fit, when even one tile per device does not.
   """
   tile = tuple(int(t) for t in tile)
-  if budget is None:
-    budget = int(BUDGET_FRACTION * device_memory_bytes())
-  one = tile_memory(cfg, tile)
+  budget = default_budget() if budget is None else budget
+  method = choose_corr_method(cfg, tile, 1, budget, corr_method)
+  one = tile_memory(cfg, tile, 1, method)
   if one.total > budget:
-    side = largest_cube_tile(cfg, budget)
+    side = largest_cube_tile(cfg, budget, corr_method=corr_method)
     hint = (f'use --tile {side} or smaller' if side else
             f'no tile of at least {cfg.min_size} voxels fits; free device memory or use a coarser arm')
+    if method == 'allpairs' and tile_memory(cfg, tile, 1, 'local').total <= budget:
+      hint = 'use --corr_method local (or auto), or a smaller --tile'
+    held = f'all-pairs correlation {_gib(one.correlation)}' if method == 'allpairs' else 'local correlation'
     raise TileTooLargeError(
         f'a {"x".join(map(str, tile))} tile needs ~{_gib(one.total)} with the {cfg.encoder_type} encoder '
-        f'(all-pairs correlation {_gib(one.correlation)}) but the device has {_gib(budget)} to spare; {hint}')
+        f'({held}) but the device has {_gib(budget)} to spare; {hint}')
   per_device = 1
-  while per_device < max_per_device and tile_memory(cfg, tile, per_device + 1).total <= budget:
+  while per_device < max_per_device and tile_memory(cfg, tile, per_device + 1, method).total <= budget:
     per_device += 1
   return per_device * devices
 
 
 def auto_batch(cfg: ModelConfig, shape: Sequence[int], tile, budget: int | None = None,
-               devices: int | None = None) -> int:
+               devices: int | None = None, corr_method: str = 'allpairs') -> int:
   """pick_batch for the tile a volume of `shape` actually gets (tile parsed and clipped as plan_tiles does)."""
   requested = tiling.parse_tile(tile)
   clipped = tuple(n if t == 0 else min(t, n) for t, n in zip(requested, shape))
-  return pick_batch(cfg, clipped, budget, devices or jax.local_device_count())
+  return pick_batch(cfg, clipped, budget, devices or jax.local_device_count(), corr_method=corr_method)

@@ -90,8 +90,11 @@ class Pipeline:
   batch: Optional[int] = None
   hooks: Sequence[Hook] = ()
   labels: tuple = ('fine', 'coarse')
+  across_processes: bool = False              # split the tiles over a jax.distributed job; process 0 writes
 
   def __post_init__(self):
+    if self.across_processes and self.coarse is not None:
+      raise ValueError('coarse-to-fine does not run over several processes yet; run the coarse arm alone first')
     self.tile = tiling.parse_tile(self.tile)
     self.settings = strategies.resolve(self.strategy, iters=self.iters, overlap=self.overlap, blend=self.blend,
                                        coarse_to_fine=True if self.coarse is not None else None)
@@ -126,7 +129,7 @@ class Pipeline:
     """(flow, [summary per arm]): the coarse arm first when there is one, its flow starting the fine arm."""
     s = self.settings
     kwargs = dict(tile=self.tile, overlap=s.overlap, blend=s.blend, batch=self.batch, iters=s.iters, mask=mask,
-                  progress=progress, return_summary=True)
+                  progress=progress, return_summary=True, across_processes=self.across_processes)
     summaries, init_fn = [], None
     if self.coarse is not None:
       coarse, summary = self.coarse.tiled(vol0, vol1, **kwargs)
@@ -158,6 +161,9 @@ class Pipeline:
       raise _name_files(e, pair.sources) from None
     summary = dict(summaries[-1], arms=summaries, tiles_all_arms=sum(s['tiles'] for s in summaries))
     result = Estimate(pair.name, vol0, vol1, mask, flow, output, summary)
+    if flow is None:  # a process other than 0 of a distributed run: its tiles are in process 0's flow
+      result.summary.update(total_seconds=time.perf_counter() - t0, max_flow=float('nan'))
+      return result
     for hook in self.hooks:
       result = hook(result)
     if output is not None:
@@ -196,7 +202,9 @@ def run_pairs(pipe: Pipeline, pairs: Sequence[pairs_lib.Pair], outputs: Sequence
       except (ValueError, OSError) as e:
         raise type(e)(f'pair {pair.name!r}: {e}' if not single else str(e)) from None
       s = result.summary
-      if single:
+      if result.flow is None:
+        log.info('process %d: %s; process 0 writes %s', s['process'], tiled.format_summary(s), out)
+      elif single:
         log.info('wrote %s: %s; max |u| %.3g voxels', out, tiled.format_summary(s), s['max_flow'])
       else:
         log.info('[%d/%d] %s: %s; max |u| %.3g voxels -> %s', i + 1, len(pairs), pair.name,

@@ -10,6 +10,7 @@ Stitcher while the current one runs.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import queue
 import threading
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from raftdvc_jax import progress as progress_lib
@@ -28,6 +30,9 @@ from raftdvc_jax.infer import tiling
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_MAX = 8
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'raftdvc_jax', 'xla')
+# Across processes, the accumulators are summed this many bytes of rows per collective call: it bounds the
+# gather's memory to about num_processes * REDUCE_BYTES on every process.
+REDUCE_BYTES = 64 << 20
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
@@ -145,7 +150,7 @@ def _batches_in_background(make_batch: Callable, chunks: list, depth: int = 2):
 def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, blend: str = 'gaussian',
               batch: int = 1, mask=None, flow_init_fn: Callable | None = None, progress: bool = True, *,
               params=None, min_size: int = 1, init_stride: int | None = None, memmap: bool | None = None,
-              devices: Sequence[Any] | None = None, return_summary: bool = False):
+              devices: Sequence[Any] | None = None, return_summary: bool = False, across_processes: bool = False):
   """Estimates a flow (3, X0, X1, X2) float32 by running apply_fn over blended tiles.
 
   apply_fn(vol0, vol1[, flow_init]) -> (B, t0, t1, t2, 3) on batches (B, t0, t1, t2) (with `params`, it is
@@ -156,6 +161,11 @@ def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, ble
   (h0, h1, h2, 3) gives each tile a starting flow on its feature grid (h = ceil(t / init_stride)), e.g.
   coarse_to_fine.flow_init_fn. With return_summary, returns (flow, summary) where summary has voxels, tiles,
   tiles_skipped, batches, batch, devices, compile_seconds, seconds and voxels_per_second.
+
+  across_processes: in a jax.distributed job every process calls this with the same arguments, runs a
+  contiguous share of the tiles (C order: roughly a slab along axis 0) and reads only those; the blend sums
+  are then added over the processes, and process 0 gets the flow (the others None). That is the one-process
+  blend with its sums taken in another order: equal to float rounding.
   """
   t_start = time.perf_counter()
   shape = validate_pair(vol0, vol1, mask)
@@ -167,6 +177,9 @@ def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, ble
     raise ValueError('flow_init_fn needs init_stride (the model stride) to know the feature grid')
   plan = tiling.plan_tiles(shape, tile, overlap, min_size)
   origins = plan.select(mask)
+  tiles_total = len(origins)
+  index, count = (jax.process_index(), jax.process_count()) if across_processes else (0, 1)
+  origins = share(origins, index, count)
   devices = list(devices or jax.local_devices())
   mesh = data_mesh(devices)
   n_dev = len(devices)
@@ -229,24 +242,48 @@ def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, ble
       blend_in(*pending)
   finally:
     bar.close()
-  flow = stitcher.result(mask)
+  lead = index == 0
+  if count > 1:
+    rows = max(1, REDUCE_BYTES // (4 * (stitcher.channels + 1) * math.prod(shape[1:])))
+    for acc in (stitcher.flow.swapaxes(0, 1), stitcher.weight):  # rows along array axis 0
+      _sum_over_processes(acc, lead, rows)
+  flow = stitcher.result(mask) if lead else None
   seconds = time.perf_counter() - t_start
   if not return_summary:
     return flow
   voxels = int(np.prod(shape))
   summary = {
-      'voxels': voxels, 'tiles': len(origins), 'tiles_skipped': plan.num_tiles - len(origins),
-      'tile': plan.tile, 'batches': len(chunks), 'batch': batch, 'devices': n_dev,
+      'voxels': voxels, 'tiles': len(origins), 'tiles_skipped': plan.num_tiles - tiles_total,
+      'tiles_total': tiles_total, 'tile': plan.tile, 'batches': len(chunks), 'batch': batch, 'devices': n_dev,
+      'process': index, 'processes': count,
       'compile_seconds': compile_seconds, 'seconds': seconds, 'voxels_per_second': voxels / max(seconds, 1e-9),
       'memmap': stitcher.memmapped,
   }
   return flow, summary
 
 
+def share(items: Sequence, index: int, count: int) -> list:
+  """The contiguous part `index` of `count` nearly equal parts of items (sizes differ by at most one)."""
+  n = len(items)
+  return list(items[index * n // count:(index + 1) * n // count])
+
+
+def _sum_over_processes(acc: np.ndarray, lead: bool, rows: int) -> None:
+  """Replaces acc on process 0 by its sum over all processes, `rows` rows of axis 0 per collective call."""
+  for start in range(0, acc.shape[0], rows):
+    block = np.ascontiguousarray(acc[start:start + rows])
+    gathered = multihost_utils.process_allgather(block)  # (processes, rows, ...) on every process
+    if lead:
+      acc[start:start + rows] = np.asarray(gathered).sum(axis=0, dtype=np.float32)
+
+
 def format_summary(summary: dict) -> str:
   """One line for the end of a run: voxels, tiles, seconds, voxels/s."""
   skipped = f' ({summary["tiles_skipped"]} skipped by the mask)' if summary.get('tiles_skipped') else ''
-  return (f'{summary["voxels"]:,} voxels, {summary["tiles"]} tiles of {"x".join(map(str, summary["tile"]))}'
-          f'{skipped} in {summary["batches"]} batches of {summary["batch"]} on {summary["devices"]} device(s), '
+  processes = summary.get('processes', 1)
+  split = f' (this process\'s share of {summary["tiles_total"]} over {processes})' if processes > 1 else ''
+  tiles = f'{summary["tiles"]} tiles of {"x".join(map(str, summary["tile"]))}{split}{skipped}'
+  return (f'{summary["voxels"]:,} voxels, {tiles} in {summary["batches"]} batches of {summary["batch"]} '
+          f'on {summary["devices"]} device(s), '
           f'{summary["seconds"]:.1f} s (compile {summary["compile_seconds"]:.1f} s), '
           f'{summary["voxels_per_second"]:,.0f} voxels/s')

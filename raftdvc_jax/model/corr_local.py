@@ -270,10 +270,3 @@ def local_bytes(feature_shape: Sequence[int], num_levels: int, radius: int, feat
   step = (-(-queries // TILE**3) * m**3 * feature_dim
           + queries * (m**3 + m * m * k + m * k * k + 3 * k * m + 2 * k**3))
   return F32 * (batch * pooled * feature_dim + num_levels * step)
-
-
-def auto_method(feature_shape: Sequence[int], budget_bytes: int, batch: int = 1) -> str:
-  """'allpairs' when building the all-pairs pyramid fits `budget_bytes`, else the memory-light 'local'."""
-  n = math.prod(feature_shape)
-  # Building the pyramid keeps about three level-0-sized buffers alive (infer/memory.py, CORR_BUILD_COPIES).
-  return 'allpairs' if 3 * F32 * batch * n * n <= budget_bytes else 'local'
