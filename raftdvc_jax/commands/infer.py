@@ -69,8 +69,8 @@ _UNIT = flags.DEFINE_string('unit', 'voxel', 'With --strain: unit of --voxel_siz
 _FORMATS = flags.DEFINE_string('formats', 'npz,vti', 'With --strain: formats (npz,vti,tsv,tif,aldvc,csv).')
 _FIGURES = flags.DEFINE_bool('figures', False, 'With --strain: a PNG report of slices.')
 _CORR_METHOD = flags.DEFINE_enum('corr_method', 'auto', ['auto', 'allpairs', 'local'], 'Correlation: all-pairs '
-                                  'pyramid (fastest), or window by window (same result, memory-light); auto = all-pairs when a tile fits '
-                                  'the device memory with it, else local.')
+                                  'pyramid (fastest), or window by window (same result, memory-light); auto = '
+                                  'all-pairs when a tile fits the device memory with it, else local.')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars on stderr.')
 _DEMO = flags.DEFINE_bool('demo', False, 'Estimate the flow of a synthetic bead pair with a known field, print '
                           'the end-point error and write a PNG of central slices.')

@@ -300,7 +300,7 @@ def _drop_lead(a, ndim: int):
   return a
 
 
-def check_finite(path, a, block_bytes: int = 1 << 26):
+def check_finite(path, a, block_bytes: int = 8 << 20):
   """Raises VolumeError naming path if a holds NaN or inf; reads a lazy array in blocks along axis 0."""
   if np.dtype(a.dtype).kind != 'f':
     return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -45,9 +46,10 @@ class Estimate(NamedTuple):
 Hook = Callable[[Estimate], Estimate]
 
 
-def max_magnitude(flow, rows: int = 16) -> float:
+def max_magnitude(flow) -> float:
   """The largest |u| of a flow (3, X0, X1, X2), a few planes at a time (it may be a memory map)."""
   best = 0.0
+  rows = max(1, tiling.BLOCK_BYTES // (4 * 3 * 4 * math.prod(flow.shape[2:])))  # the block and 3 temporaries
   for start in range(0, flow.shape[1], rows):
     block = np.asarray(flow[:, start:start + rows])
     best = max(best, float(np.sqrt((block * block).sum(0)).max()))

@@ -19,6 +19,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 BLENDS = ('gaussian', 'cosine', 'uniform')
+# Host work over whole volumes (normalising the blend) goes this many bytes at a time, so a volume larger
+# than memory streams through the memory-mapped accumulators.
+BLOCK_BYTES = 8 << 20
 # Gaussian sigma as a fraction of the tile side: the edge weight is exp(-4.5) ~ 0.011 of the centre's.
 GAUSSIAN_SIGMA = 1.0 / 6.0
 
@@ -144,19 +147,55 @@ def blend_weights(tile: Sequence[int], kind: str = 'gaussian', overlap: float = 
 # Stitching.
 
 
+def _read_int(path: str) -> int | None:
+  try:
+    with open(path) as f:
+      text = f.read().strip()
+  except OSError:
+    return None
+  return int(text) if text.isdigit() else None  # 'max' (no limit) and unreadable files give None
+
+
+def status_bytes(field: str) -> int | None:
+  """A 'kB' field of /proc/self/status (e.g. VmData) in bytes."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith(field + ':'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
 def available_ram_bytes() -> int:
-  """Memory the host can still hand out (MemAvailable), or the physical total where that is unknown."""
+  """Memory this process can still use: the host's MemAvailable, lowered by a cgroup v2 memory.max and an
+  RLIMIT_DATA soft limit when they are set (the physical total where nothing is known)."""
+  limits = []
   try:
     with open('/proc/meminfo') as f:
       for line in f:
         if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
+          limits.append(int(line.split()[1]) * 1024)
   except OSError:
     pass
+  if not limits:
+    try:
+      limits.append(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+    except (ValueError, OSError, AttributeError):
+      limits.append(8 << 30)
+  cap, used = _read_int('/sys/fs/cgroup/memory.max'), _read_int('/sys/fs/cgroup/memory.current')
+  if cap is not None and used is not None:
+    limits.append(max(0, cap - used))
   try:
-    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  except (ValueError, OSError, AttributeError):
-    return 8 << 30
+    import resource  # pylint: disable=import-outside-toplevel
+    soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    data = status_bytes('VmData')
+    if soft != resource.RLIM_INFINITY and data is not None:
+      limits.append(max(0, soft - data))  # RLIMIT_DATA counts private writable memory: VmData
+  except (ImportError, OSError, ValueError):
+    pass
+  return min(limits)
 
 
 class Stitcher:
@@ -193,7 +232,7 @@ class Stitcher:
   def result(self, mask=None, rows: int | None = None) -> np.ndarray:
     """Normalises in place and returns the flow (C, X0, X1, X2): 0 where no tile ran or outside the mask."""
     plane = math.prod(self.shape[1:])
-    rows = rows or max(1, (64 << 20) // (4 * plane * (self.channels + 1)))
+    rows = rows or max(1, BLOCK_BYTES // (4 * plane * (self.channels + 1)))
     for start in range(0, self.shape[0], rows):
       block = slice(start, start + rows)
       w = np.asarray(self.weight[block])
