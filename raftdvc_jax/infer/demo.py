@@ -54,7 +54,7 @@ def epe_stats(flow: np.ndarray, truth: np.ndarray, mask=None) -> dict:
 
 
 def save_figure(path, vol0, vol1, flow, truth, title: str | None = None) -> None:
-  """Writes a PNG of the central axis-0 slices: reference, deformed, |flow|, end-point error (atomic)."""
+  """Writes a PNG of the central axis-0 slice: reference, deformed, true |u|, estimated |u|, end-point error."""
   if os.path.splitext(os.fspath(path))[1].lower() != '.png':
     raise ValueError(f'{os.fspath(path)}: the demo figure must be a .png')
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -65,21 +65,24 @@ def save_figure(path, vol0, vol1, flow, truth, title: str | None = None) -> None
   mag = np.sqrt((np.asarray(flow[:, k]) ** 2).sum(0))
   err = np.sqrt(((np.asarray(flow[:, k]) - np.asarray(truth[:, k])) ** 2).sum(0))
   true_mag = np.sqrt((np.asarray(truth[:, k]) ** 2).sum(0))
+  flow_range = (0.0, float(max(mag.max(), true_mag.max(), 1e-6)))  # one scale for the true and estimated |u|
   panels = [('reference', vol0[k], 'gray', None), ('deformed', vol1[k], 'gray', None),
-            ('|flow| (voxels)', mag, 'viridis', (0.0, float(max(mag.max(), true_mag.max(), 1e-6)))),
+            ('true |u| (voxels)', true_mag, 'viridis', flow_range),
+            ('estimated |u| (voxels)', mag, 'viridis', flow_range),
             ('end-point error (voxels)', err, 'magma', (0.0, float(max(err.max(), 1e-6))))]
-  fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), constrained_layout=True)
+  fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.4), constrained_layout=True)
   for ax, (name, img, cmap, limits) in zip(axes, panels):
     im = ax.imshow(np.asarray(img), cmap=cmap, origin='upper',
                    **({} if limits is None else {'vmin': limits[0], 'vmax': limits[1]}))
     ax.set_title(name)
-    ax.set_xlabel('axis 2')
-    ax.set_ylabel('axis 1')
+    ax.set_xlabel('array axis 2')
+    ax.set_ylabel('array axis 1')
     fig.colorbar(im, ax=ax, shrink=0.8)
-  fig.suptitle(title or f'central slice {k} along axis 0')
+  where = f'slice {k} of {vol0.shape[0]} along array axis 0 (the central one)'
+  fig.suptitle(f'{title}\n{where}' if title else where)
   try:
     with io.atomic_path(path) as tmp:
-      fig.savefig(tmp, dpi=100, format='png')
+      fig.savefig(tmp, dpi=90, format='png')
   finally:
     plt.close(fig)
 
