@@ -32,7 +32,8 @@ _DEFORMATION = flags.DEFINE_string('deformation', 'translation:0.5,affine:0.5', 
 _DISP = flags.DEFINE_list('disp', ['1.0', '3.0'], 'Displacement band (min, max) of the pairs, voxels.')
 _VAL_SIZE = flags.DEFINE_integer('val_size', 8, 'Validation pairs.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 25, 'Validate every this many steps.')
-_RUNS = flags.DEFINE_list('runs', ['torch', 'jax', 'jax+corr'], 'Which runs.')
+_RUNS = flags.DEFINE_list('runs', ['torch', 'jax', 'jax+corr'], "Which runs: torch, torch@1 (torch on one thread: "
+                          "the same maths summed in another order), jax, jax+corr.")
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the initialisation and the batch stream.')
 flags.mark_flags_as_required(['output_dir'])
 
@@ -162,13 +163,17 @@ def main(argv):
         if 'val_epe' in record:
           print(f"{run:9s} step {record['step']:5d}  loss {record['loss']:.4g}  val_epe {record['val_epe']:.4f}"
                 f'  (no motion {zero:.4f})', flush=True)
-      if run == 'torch':
+      if run in ('torch', 'torch@1'):
+        import torch  # pylint: disable=import-outside-toplevel
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if run == 'torch@1' else threads)  # another summation order, same maths
         cli.run(lambda: _run_torch(config, init, batches, val, log))
+        torch.set_num_threads(threads)
       elif run in ('jax', 'jax+corr'):
         weight = _CORR_WEIGHT.value if run == 'jax+corr' else 0.0
         cli.run(lambda: _run_jax(config, mapping.from_torch(init, config), batches, val, log, weight))
       else:
-        cli.fail(f'--runs: unknown run {run!r} (torch, jax, jax+corr)')
+        cli.fail(f'--runs: unknown run {run!r} (torch, torch@1, jax, jax+corr)')
   _plot(records, zero, os.path.join(out_dir, 'compare.png'))
   print(os.path.join(out_dir, 'compare.png'))
 
