@@ -78,19 +78,21 @@ def test_sequence_loss_gradient_matches_pytorch_for_every_parameter():
   assert np.median(rel) < 1e-4
 
 
-def test_an_optimizer_step_follows_pytorch():
-  """AdamW + OneCycle + clipping: the first update lands on torch's parameters and the next loss agrees.
+def test_ten_optimizer_steps_follow_pytorch():
+  """AdamW + OneCycle + clipping for ten steps: the first update lands on torch's parameters, and every
+  step's loss, gradient norm and lr agree.
 
-  Beyond the first steps the curves part (docs/training.md): biases right before an instance norm have a
-  gradient of pure rounding noise, which Adam turns into steps of +-lr with a random sign in either
-  framework, and later losses differ by a few per cent at lr 1e-3; that cause is not yet pinned down.
+  RAFT-DVC's OneCycleLR has cycle_momentum=False (RAFTDVC_REFERENCE.md, training recipe): torch's default
+  would also cycle Adam's beta1 between 0.95 and 0.85, which the first update cannot show (Adam's bias
+  correction cancels beta1 at t=1) but which moved the loss 64 % by step 3.
   """
   steps, lr, wd, clip = 10, 1e-3, 5e-5, 1.0
   model, variables = _models(seed=1)
-  batches = _batches(2)
+  batches = _batches(steps)
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
   sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2,
-                                              anneal_strategy='cos', div_factor=25.0, final_div_factor=1e4)
+                                              anneal_strategy='cos', div_factor=25.0, final_div_factor=1e4,
+                                              cycle_momentum=False)
   schedule = schedule_lib.from_config({'name': 'onecycle', 'pct_start': 0.2, 'anneal': 'cos', 'div_factor': 25.0,
                                        'final_div_factor': 1e4}, steps, lr)
   tx = state_lib.optimizer(schedule, wd, clip)
@@ -102,8 +104,10 @@ def test_an_optimizer_step_follows_pytorch():
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     state, metrics = train_step(state, jax.tree.map(lambda x: jnp.asarray(x)[None], batch))
-    np.testing.assert_allclose(float(metrics['loss']), loss.item(), rtol=2e-5)
-    np.testing.assert_allclose(float(metrics['grad_norm']), norm.item(), rtol=2e-5)
+    # Rounding differences grow a little with every update at this lr: loose enough for ten steps, far
+    # tighter than any recipe difference (cycling beta1 moved step 3 by 64 %).
+    np.testing.assert_allclose(float(metrics['loss']), loss.item(), rtol=2e-5 if k < 2 else 2e-3)
+    np.testing.assert_allclose(float(metrics['grad_norm']), norm.item(), rtol=2e-5 if k < 2 else 1e-2)
     np.testing.assert_allclose(float(metrics['lr']), sched.get_last_lr()[0], rtol=1e-6)
     opt.step()
     sched.step()

@@ -48,7 +48,8 @@ def _model_config():
 
 def _pairs(cfg, seed, count):
   from raftdvc_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  pairs = [synthetic.make_pair(cfg, (seed, i)) for i in range(count)]
+  seed = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
+  pairs = [synthetic.make_pair(cfg, (*seed, i)) for i in range(count)]
   return {'vol0': np.stack([p['I1'] for p in pairs]), 'vol1': np.stack([p['I2'] for p in pairs]),
           'flow': np.stack([p['flow'] for p in pairs]).astype(np.float32)}
 
@@ -64,7 +65,8 @@ def _run_torch(config, init_state, batches, val, log):
   model.load_state_dict({k: torch.from_numpy(v) for k, v in init_state.items()})
   opt = torch.optim.AdamW(model.parameters(), lr=_LR.value, weight_decay=5e-5)
   sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=_LR.value, total_steps=_STEPS.value, pct_start=0.2,
-                                              anneal_strategy='cos', div_factor=25.0, final_div_factor=1e4)
+                                              anneal_strategy='cos', div_factor=25.0, final_div_factor=1e4,
+                                              cycle_momentum=False)  # as RAFT-DVC: beta1 stays 0.9
   t = lambda a: torch.from_numpy(a)
   for step, batch in enumerate(batches, 1):
     model.train()
