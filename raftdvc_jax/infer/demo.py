@@ -18,16 +18,20 @@ log = logging.getLogger(__name__)
 PAIR_PRESETS = {2: 'r2_32', 4: 'r4_64', 8: 'r8_128'}
 
 
-def make_pair(stride: int = 4, size: int | None = None, seed: int = 0, deformation: str | None = None) -> dict:
-  """A bead pair for the arm of `stride` ({'I1', 'I2', 'flow', 'metadata'}), optionally at another size."""
-  name = PAIR_PRESETS.get(int(stride))
-  if name is None:
-    raise ValueError(f'no demo pair for stride {stride}; strides with one: {sorted(PAIR_PRESETS)}')
+def make_pair(stride: int = 4, size: int | None = None, seed: int = 0, deformation: str | None = None,
+              data: dict | None = None) -> dict:
+  """A bead pair ({'I1', 'I2', 'flow', 'metadata'}) like the training data `data` (a SyntheticConfig dict,
+  as shipped weights record it), else like the preset of the arm of `stride`; optionally at another size."""
   changes = {}
   if size is not None:
     changes['size'] = size
   if deformation is not None:
     changes['deformation'] = deformation
+  if data:
+    return synthetic.make_pair(synthetic.SyntheticConfig.from_dict(data).replace(**changes), seed)
+  name = PAIR_PRESETS.get(int(stride))
+  if name is None:
+    raise ValueError(f'no demo pair for stride {stride}; strides with one: {sorted(PAIR_PRESETS)}')
   return synthetic.make_pair(synthetic.preset(name, **changes), seed)
 
 
@@ -88,9 +92,11 @@ def save_figure(path, vol0, vol1, flow, truth, title: str | None = None) -> None
 
 
 def run_demo(estimate: Callable[[np.ndarray, np.ndarray], np.ndarray], figure_path, stride: int = 4,
-             size: int | None = None, seed: int = 0, trained: bool = True, label: str = '') -> dict:
-  """Makes a pair, estimates its flow with estimate(vol0, vol1) -> (3, X0, X1, X2), scores it, draws it."""
-  pair = make_pair(stride, size, seed)
+             size: int | None = None, seed: int = 0, trained: bool = True, label: str = '',
+             data: dict | None = None) -> dict:
+  """Makes a pair (make_pair), estimates its flow with estimate(vol0, vol1) -> (3, X0, X1, X2), scores it,
+  draws it."""
+  pair = make_pair(stride, size, seed, data=data)
   t0 = time.perf_counter()
   flow = np.asarray(estimate(pair['I1'], pair['I2']), np.float32)
   seconds = time.perf_counter() - t0
@@ -154,5 +160,6 @@ def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, s
     return flow
 
   report = run_demo(estimate, figure_path, stride=stride, size=size, seed=seed, trained=checkpoint != 'random',
-                    label=f'{label} (stride {estimator.config.stride})')
+                    label=f'{label} (stride {estimator.config.stride})',
+                    data=estimator.provenance.get('train_data'))
   return format_report(report)

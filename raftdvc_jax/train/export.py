@@ -18,6 +18,16 @@ def _records(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _train_data(workdir: str) -> dict[str, Any] | None:
+  """The synthetic data config of a run (its config.json), or None for dataset runs and older runs."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    data = json.load(f).get('data', {})
+  return None if data.get('dir') else data.get('synthetic')
+
+
 def export_run(workdir, output, which: str = 'best', iters: int | None = None, overwrite: bool = False,
                notes: Mapping[str, Any] | None = None) -> str:
   """Writes the params of `workdir`'s best/latest step to `output` (orbax_io layout); returns the path.
@@ -35,4 +45,7 @@ def export_run(workdir, output, which: str = 'best', iters: int | None = None, o
   provenance = {'source': 'raftdvc_jax training run', 'run': os.path.basename(workdir), 'step': step,
                 'selected': which, 'validation': {k: v for k, v in record.items() if k.startswith('val_')},
                 **dict(notes or {})}
+  train_data = _train_data(workdir)
+  if train_data:  # what the weights saw: the demo draws its pair from it
+    provenance['train_data'] = train_data
   return orbax_io.save(output, config, {'params': variables['params']}, provenance, overwrite=overwrite)
