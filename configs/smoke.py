@@ -1,12 +1,14 @@
-r"""Smoke run: a small RAFT network learns to measure unseen translations on 2 CPU cores in about 5 minutes.
+r"""Smoke run: a small RAFT network on fresh bead pairs, validated on 16 pairs it never trains on.
 
   python train.py --config=configs/smoke.py --workdir=/tmp/raftdvc_smoke
 
 Fresh 24^3 bead pairs every step (flips and rot90 on), translations of 2-4 voxels along the largest
 component, and the auxiliary correlation loss (train.loss.corr_weight; docs/training.md) that teaches the
 encoder to match beads from the first steps. Validation is 16 fixed pairs the run never trains on, so the
-curve shows generalisation, not memorising. Running the command again resumes (or, when finished, says so);
---config.train.num_steps=1000 trains on. What a run measured is in docs/training.md ("Smoke config").
+curve shows generalisation, not memorising. Measured on 2 otherwise idle cores: 8 min, validation EPE
+3.807 -> 3.093 against 3.823 for predicting no motion (0.81x; the aim of 0.7x and a 30 % fall is not met
+at this budget, see docs/training.md, "Smoke config"). Running the command again resumes (or, when
+finished, says so); --config.train.num_steps=1000 trains on.
 """
 
 from raftdvc_jax.train.defaults import base_config
