@@ -23,3 +23,19 @@ def test_a_path_wins_over_a_name_and_unknown_names_are_refused(tmp_path, monkeyp
   assert weights.resolve('no-such-weights') == 'no-such-weights'
   with pytest.raises(ValueError, match='s4-starter'):
     weights.directory('s9-large')
+
+
+def test_training_can_start_from_a_shipped_name():
+  from raftdvc_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  for name in weights.NAMES:
+    est = raftdvc_jax.load(name)
+    variables = state_lib.load_pretrained(name, est.config)
+    leaves = jax_leaves(variables['params'])
+    assert len(leaves) == len(jax_leaves(est.params)) > 50
+    for a, b in zip(leaves, jax_leaves(est.params)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.leaves(tree)

@@ -71,7 +71,8 @@ def abstract(config: ModelConfig, tx: optax.GradientTransformation) -> TrainStat
 
 
 def load_pretrained(path, config: ModelConfig) -> dict[str, Any]:
-  """Variables to fine-tune from: a RAFT-DVC/VolRAFT .pth/.pt, a converted directory or a training run.
+  """Variables to fine-tune from: a RAFT-DVC/VolRAFT .pth/.pt, a converted directory, a training run or the
+  name of shipped weights (e.g. 's4-starter').
 
   The weights must have exactly the shapes `config` implies; fields that differ without changing a shape
   (encoder stride, sampler, iterations) are logged as a warning and the training config wins.
@@ -79,7 +80,8 @@ def load_pretrained(path, config: ModelConfig) -> dict[str, Any]:
   # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io
   from raftdvc_jax.train import checkpoint
-  path = os.fspath(path)
+  from raftdvc_jax import weights
+  path = weights.resolve(os.fspath(path))
   if os.path.isdir(path):
     # A run directory also holds a model_config.json, so look for its checkpoints/ first.
     if orbax_io.is_checkpoint_dir(path) and not os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS)):
