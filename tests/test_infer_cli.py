@@ -134,15 +134,18 @@ def test_tiled_flow_init_reaches_the_network(estimator, volumes):
   assert np.abs(started - plain).max() > 0.1
 
 
-def test_auto_batch_and_a_tile_that_cannot_fit(estimator, volumes):
+def test_auto_batch_and_a_tile_that_cannot_fit(estimator, variables, volumes, monkeypatch):
   # On CPU the automatic batch is one tile per device (batching measured no gain there).
   _, s = estimator.tiled(*volumes, tile=16, return_summary=True)
   assert s['batch'] == 1
   assert estimator.plan(SIZE, 16, 0.5, batch=5)[1] == 5
-  # A 256^3 whole-volume pass of the s4 arm needs ~1 TB: refused before anything is read, naming a tile that fits.
+  # A 256^3 whole-volume pass of the s4 arm needs ~1 TB with all-pairs and tens of GB with 'local': with a
+  # 4 GiB budget it is refused before anything is read, naming a tile that fits.
+  monkeypatch.setattr(memory, 'default_budget', lambda: 4 << 30)
   huge = np.broadcast_to(np.float32(0), (256, 256, 256))
-  with pytest.raises(memory.TileTooLargeError, match=r'256x256x256 tile needs .* use --tile \d+ or smaller'):
-    estimator.tiled(huge, huge, tile=0)
+  for est in (estimator, FlowEstimator(CONFIG, variables, corr_method='allpairs')):
+    with pytest.raises(memory.TileTooLargeError, match=r'256x256x256 tile needs .* use --tile \d+ or smaller'):
+      est.tiled(huge, huge, tile=0)
   assert [balanced_batch(64, n) for n in (27, 100, 200, 0)] == [27, 50, 50, 1]
   assert balanced_batch(8, 20, devices=2) == 8 and balanced_batch(3, 10) == 3
 
@@ -261,7 +264,8 @@ def test_infer_cli_refuses_bad_input(converted, cache_dir):
        'tile of the {} arm (4, 4, 4) is too small for this network: every side must be >= 5'.format(p['ckpt'])),
       (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--tile', '8,x'], "tile '8,x' is not N or X,Y,Z"),
       (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--overlap', '1'], 'overlap must be a fraction in [0, 1)'),
-      (base + ['--vol0', p['huge0'], '--vol1', p['huge1']], 'tile needs'),
+      # All-pairs on a whole 256^3 volume cannot fit (--corr_method auto would run it with 'local').
+      (base + ['--vol0', p['huge0'], '--vol1', p['huge1'], '--corr_method', 'allpairs'], 'tile needs'),
       (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--mask', p['small']], 'mask shape (4, 24, 20) does not'),
       (base + ['--vol0', p['nan_outside'], '--vol1', p['vol1'], '--tile', '16', '--mask', p['vol0']],
        f'{p["nan_outside"]}: holds non-finite values (NaN or inf) in the tile at'),
