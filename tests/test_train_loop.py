@@ -41,6 +41,7 @@ def tiny_config(num_steps=6, **data):
   c.data.update(data)
   c.train.update(num_steps=num_steps, batch_size=2, lr=1e-3, log_every=1, eval_every=2, checkpoint_every=2,
                  keep_checkpoints=2)
+  c.train.loss.corr_weight = 0.0  # the loop's mechanics; test_the_correlation_loss_is_trained_and_logged adds it
   # A schedule that does not depend on num_steps (so training on reuses the compiled step) but changes every step
   # (so a resumed step count that is off shows in the lr).
   c.train.schedule = dict(name='cyclic', base_lr=1e-4, step_size_up=2, step_size_down=3, mode='triangular2',
@@ -99,6 +100,17 @@ def test_smoke_config_steps_lower_the_loss(tmp_path):
   losses = [r['train_loss'] for r in records(str(tmp_path))]
   assert len(losses) == 6 and all(np.isfinite(losses))
   assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+
+
+def test_the_correlation_loss_is_trained_and_logged(tmp_path):
+  config = tiny_config(2, train_size=2)
+  config.train.loss.corr_weight = 1.0
+  loop.train_and_evaluate(config, str(tmp_path), progress=False)
+  rows = [r for r in records(str(tmp_path)) if 'train_loss' in r]
+  assert len(rows) == 2
+  for r in rows:  # the logged total holds the weighted correlation loss on top of the sequence loss
+    assert np.isfinite(r['train_corr_loss']) and r['train_corr_loss'] > 0.1
+    assert r['train_loss'] > r['train_corr_loss']
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, monkeypatch):
