@@ -24,6 +24,9 @@ _SIZE = flags.DEFINE_integer('size', 64, 'Cube side of the held-out pairs.')
 _PER_CELL = flags.DEFINE_integer('per_cell', 2, 'Pairs per cell.')
 _ITERS = flags.DEFINE_integer('iters', None, 'Update iterations (default: the checkpoint config).')
 _SUITES = flags.DEFINE_list('suites', ['synthetic', 'blobs'], 'Which suites to run.')
+_TILE = flags.DEFINE_integer('tile', None, 'Tile size (0: whole volume; default: the weights\' recommended '
+                             'tile, as infer.py uses it).', lower_bound=0)
+_OVERLAP = flags.DEFINE_float('overlap', None, 'Tile overlap (default: the weights\' recommended one, or 0.5).')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output.')
 flags.mark_flags_as_required(['checkpoint'])
 
@@ -36,7 +39,10 @@ def main(argv):
   import raftdvc_jax  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer import scorecard  # pylint: disable=import-outside-toplevel
   estimator = cli.run(lambda: raftdvc_jax.load(_CHECKPOINT.value))
-  predict = lambda a, b: np.asarray(estimator(a, b, iters=_ITERS.value))
+  recommended = estimator.provenance.get('inference', {})
+  tile = _TILE.value if _TILE.value is not None else recommended.get('tile', 0)
+  overlap = _OVERLAP.value if _OVERLAP.value is not None else recommended.get('overlap', 0.5)
+  predict = lambda a, b: np.asarray(estimator.tiled(a, b, tile=tile, overlap=overlap, iters=_ITERS.value))
   cells = []
   if 'synthetic' in _SUITES.value:
     cells += scorecard.synthetic_cells(predict, _SIZE.value, _PER_CELL.value)

@@ -17,14 +17,18 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Directory to write.')
 _WHICH = flags.DEFINE_enum('which', 'best', ['best', 'latest'], 'Which step: best by val_epe, or latest.')
 _ITERS = flags.DEFINE_integer('iters', None, 'Inference iterations stored in the model config.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing converted directory at --output.')
+_TILE = flags.DEFINE_integer('tile', 0, 'Tile size infer.py uses with these weights when --tile is not given '
+                             '(0: whole volume); e.g. the crop size they were trained on.', lower_bound=0)
+_OVERLAP = flags.DEFINE_float('overlap', 0.5, 'Tile overlap recorded with --tile.')
 flags.mark_flags_as_required(['run', 'output'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  notes = {'inference': {'tile': _TILE.value, 'overlap': _OVERLAP.value}} if _TILE.value else None
   print(cli.run(lambda: export.export_run(_RUN.value, _OUTPUT.value, _WHICH.value, _ITERS.value,
-                                          _OVERWRITE.value)))
+                                          _OVERWRITE.value, notes)))
 
 
 if __name__ == '__main__':

@@ -122,7 +122,13 @@ def pipeline(estimator=None, label=None, hooks=()):
   if coarse is not None:
     say(f'coarse arm {_COARSE.value}: {coarse.config.describe()}')
   iters = _ITERS.value if _ITERS.value or FLAGS['strategy'].present else estimator.config.iters
-  pipe = Pipeline(estimator, coarse, _TILE.value, _STRATEGY.value, iters, _OVERLAP.value, _BLEND.value,
+  tile, overlap = _TILE.value, _OVERLAP.value
+  recommended = estimator.provenance.get('inference', {})
+  if recommended.get('tile') and not FLAGS['tile'].present:  # e.g. weights trained on small crops
+    tile = recommended['tile']
+    overlap = overlap if FLAGS['overlap'].present else recommended.get('overlap', overlap)
+    say(f'tiles of {tile} (overlap {overlap}): what these weights were trained for; --tile overrides')
+  pipe = Pipeline(estimator, coarse, tile, _STRATEGY.value, iters, overlap, _BLEND.value,
                   _BATCH.value, hooks, (label, _COARSE.value or ''), FLAGS.distributed)
   if pipe.settings.coarse_to_fine and coarse is None:
     say(f'note: --strategy {pipe.settings.name} runs a coarse arm first when --coarse_checkpoint names one')

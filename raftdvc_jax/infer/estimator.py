@@ -161,7 +161,7 @@ class FlowEstimator:
     """The correlation a batch of tiles runs with: 'auto' is 'allpairs' when it fits the device, else 'local'."""
     per_device = max(1, -(-int(batch) // jax.local_device_count()))
     method = memory.choose_corr_method(self._config, tile, per_device, corr_method=self._corr_method)
-    if method != self._corr_method:
+    if method == 'local' and self._corr_method == 'auto':
       need = memory.tile_memory(self._config, tile, per_device, 'allpairs').total
       log.info('all-pairs correlation would need ~%.1f GiB for %d tile(s) of %s; using the memory-light local '
                'correlation (same result)', need / 2**30, per_device, 'x'.join(map(str, tile)))
