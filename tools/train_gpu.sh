@@ -13,7 +13,7 @@ minutes="${1:-8}"
 run="${2:-/tmp/s4_gpu}"
 python -c 'import jax; d = jax.devices()[0]; print("device:", d.platform, d.device_kind)'
 
-timeout --signal=TERM "${minutes}m" python train.py --config=configs/s4_starter.py --workdir="$run" \
+timeout --signal=TERM "${minutes}m" python train.py --config=configs/s4_starter.py:mix --workdir="$run" \
   --config.init_from=raftdvc_jax/weights/s4-starter --config.train.compute_dtype=bfloat16 \
   --config.train.batch_size=16 --config.data.synthetic.size=64 --config.data.num_workers=12 \
   --config.train.num_steps=20000 --config.train.lr=2e-4 --config.train.eval_every=500 \
