@@ -31,3 +31,12 @@ def test_a_pair_three_times_the_cap_streams_to_a_flow_on_disk(tmp_path):
     want = est(np.asarray(vol0[box]), np.asarray(vol1[box]), iters=bench_stream.ITERS)
     np.testing.assert_allclose(flow[(slice(None),) + box], want, atol=1e-5)
   assert float(np.abs(flow[:, :t, :t, :t]).max()) > 1e-3
+
+
+def test_the_benchmark_has_help():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  done = subprocess.run([sys.executable, 'tools/bench_stream.py', '--help'], capture_output=True, text=True,
+                        check=False, cwd=bench_stream.os.path.dirname(bench_stream.os.path.dirname(
+                            bench_stream.os.path.abspath(bench_stream.__file__))))
+  assert done.returncode == 0 and '--cap_fraction' in done.stdout + done.stderr

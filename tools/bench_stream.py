@@ -135,8 +135,9 @@ if __name__ == '__main__':
   if len(sys.argv) > 1 and sys.argv[1] == '--child':
     _child(sys.argv[2], float(sys.argv[3]))
   else:
-    from absl import app, flags  # pylint: disable=import-outside-toplevel
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from raftdvc_jax import cli  # pylint: disable=import-outside-toplevel
     _WORKDIR = flags.DEFINE_string('workdir', None, 'Scratch directory for the pairs and flows.', required=True)
-    _SIZES = flags.DEFINE_list('sizes', ['128', '192', '256'], 'Cube sides to run.')
+    _SIZES = flags.DEFINE_list('sizes', ['192', '256', '320'], 'Cube sides to run.')
     _CAP = flags.DEFINE_float('cap_fraction', 1 / 3, 'The memory cap as a fraction of one volume\'s bytes.')
-    app.run(main)
+    cli.start(main)
