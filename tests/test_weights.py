@@ -39,3 +39,8 @@ def test_training_can_start_from_a_shipped_name():
 def jax_leaves(tree):
   import jax  # pylint: disable=import-outside-toplevel
   return jax.tree.leaves(tree)
+
+
+def test_shipped_starter_records_the_tiles_it_was_trained_for():
+  est = raftdvc_jax.load('s4-starter')
+  assert est.recommended_tiling() == (32, 0.5)

@@ -39,9 +39,9 @@ def main(argv):
   import raftdvc_jax  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer import scorecard  # pylint: disable=import-outside-toplevel
   estimator = cli.run(lambda: raftdvc_jax.load(_CHECKPOINT.value))
-  recommended = estimator.provenance.get('inference', {})
-  tile = _TILE.value if _TILE.value is not None else recommended.get('tile', 0)
-  overlap = _OVERLAP.value if _OVERLAP.value is not None else recommended.get('overlap', 0.5)
+  recommended = estimator.recommended_tiling() or (0, 0.5)
+  tile = _TILE.value if _TILE.value is not None else recommended[0]
+  overlap = _OVERLAP.value if _OVERLAP.value is not None else recommended[1]
   predict = lambda a, b: np.asarray(estimator.tiled(a, b, tile=tile, overlap=overlap, iters=_ITERS.value))
   cells = []
   if 'synthetic' in _SUITES.value:

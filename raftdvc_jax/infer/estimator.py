@@ -157,6 +157,11 @@ class FlowEstimator:
     tiles = plan.num_tiles if mask is None else len(plan.select(mask))
     return plan, balanced_batch(cap, tiles, devices)
 
+  def recommended_tiling(self) -> tuple[int, float] | None:
+    """(tile, overlap) the weights were made for (their provenance's 'inference'), or None: whole volumes."""
+    rec = self.provenance.get('inference') or {}
+    return (int(rec['tile']), float(rec.get('overlap', 0.5))) if rec.get('tile') else None
+
   def corr_method_for(self, tile: Sequence[int], batch: int = 1) -> str:
     """The correlation a batch of tiles runs with: 'auto' is 'allpairs' when it fits the device, else 'local'."""
     per_device = max(1, -(-int(batch) // jax.local_device_count()))
