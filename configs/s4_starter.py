@@ -2,6 +2,8 @@ r"""The s4-starter recipe: the RAFT-DVC s4 arm trained from scratch on 2 CPU cor
 
   python train.py --config=configs/s4_starter.py:translation --workdir=runs/s4_translation
   python train.py --config=configs/s4_starter.py:mix --workdir=runs/s4_mix --config.init_from=runs/s4_translation
+  python train.py --config=configs/s4_starter.py:gpu --workdir=runs/s4_gpu   # on one GPU, from s4-starter
+  python tools/train_gpu.py --minutes=7     # the same, its schedule sized to the minutes given
 
 Differs from RAFT-DVC's recipe (configs/raftdvc.py) where a small budget needs it:
 - an auxiliary correlation loss (train.loss.corr_weight) that teaches the encoder to match beads from the
@@ -12,11 +14,14 @@ Differs from RAFT-DVC's recipe (configs/raftdvc.py) where a small budget needs i
   over a 0.25-4 voxel band, bead radii 1.5-3.5. Started on the mix directly, the network stayed at the
   no-motion EPE for 900 steps;
 - 32^3 crops of fresh pairs at batch 2 and 6 training iterations, so a step takes ~1.3 s on 2 cores.
+Phase 'gpu' continues the mix on one GPU: 64^3 crops (so the weights see whole 64^3 volumes, not only
+32^3 tiles), batch 16, bf16 convolutions, data made in 12 spawned processes; tools/train_gpu.py sizes its
+schedule to the minutes it is given.
 """
 
 from raftdvc_jax.train.defaults import base_config
 
-PHASES = ('translation', 'mix')
+PHASES = ('translation', 'mix', 'gpu')
 
 
 def get_config(phase: str = 'translation'):
@@ -38,10 +43,15 @@ def get_config(phase: str = 'translation'):
   c.train.eval_every = 200
   c.train.checkpoint_every = 200
   c.train.seed = 0
-  if phase == 'mix':
+  if phase in ('mix', 'gpu'):
     c.data.synthetic.update(particle_radius=2.5, radius_jitter=1.0, density=2.4, disp_min=0.25, disp_max=4.0,
                             deformation='translation:0.15,rotation:0.2,affine:0.2,quadratic:0.15,smooth:0.3')
     c.train.num_steps = 2400
     c.train.lr = 3e-4
     c.train.seed = 1
+  if phase == 'gpu':
+    c.init_from = 's4-starter'
+    c.data.synthetic.size = 64
+    c.data.update(num_workers=12, processes=True, prefetch=4)
+    c.train.update(batch_size=16, lr=2e-4, compute_dtype='bfloat16', seed=2, log_every=10)
   return c

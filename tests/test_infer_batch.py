@@ -160,6 +160,7 @@ def test_demo_end_to_end(tmp_path, cache_dir):
   # The shipped weights run by default; the report says so when they do no better than no motion.
   assert ('no better than predicting no motion' in out) == (epe > 0.9 * baseline)
   assert f'figure: {png}' in out
-  # s4-starter records the 32^3 tiles it was trained on; without --tile the demo runs them and says so.
-  assert 's4-starter' in run.stderr and '2 iterations on tiles of 32x32x32' in run.stderr
-  assert 'what these weights were trained for' in run.stderr
+  # s4-starter records the 64^3 tiles it was trained on; without --tile the demo uses them and says so
+  # (a 32^3 volume is one tile, clipped to the volume).
+  assert 's4-starter' in run.stderr and 'tiles of 64 (overlap 0.5): what these weights were trained for' in run.stderr
+  assert '1 tiles of 32x32x32' in run.stderr

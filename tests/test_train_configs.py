@@ -25,7 +25,8 @@ def test_the_configs_exist():
   assert {os.path.basename(p) for p in CONFIGS} >= {'raftdvc.py', 'volraft.py', 'smoke.py', 's4_starter.py'}
 
 
-VARIANTS = [(p, arg) for p in CONFIGS for arg in (('s2', 's4', 's8') if p.endswith('raftdvc.py') else (None,))]
+ARGS = {'raftdvc.py': ('s2', 's4', 's8'), 's4_starter.py': ('translation', 'mix', 'gpu')}
+VARIANTS = [(p, arg) for p in CONFIGS for arg in ARGS.get(os.path.basename(p), (None,))]
 
 
 @pytest.mark.parametrize('path,arg', VARIANTS, ids=lambda v: os.path.basename(v) if v and '/' in v else str(v))
@@ -91,3 +92,13 @@ def test_train_cli_errors_are_one_line(tmp_path):
   proc = run('--help')
   assert proc.returncode == 0, proc.stderr
   assert 'raftdvc-train --config=configs/smoke.py' in proc.stdout and '--workdir' in proc.stdout
+
+
+def test_train_gpu_tool_help_and_the_gpu_phase():
+  """tools/train_gpu.py documents itself (--help exits 0); the phase it runs trains 64^3 crops from s4-starter."""
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_gpu.py'), '--help'],
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0 and '--minutes' in proc.stdout, proc.stderr
+  config = load(os.path.join(ROOT, 'configs', 's4_starter.py')).get_config('gpu')
+  assert config.init_from == 's4-starter' and config.data.synthetic.size == 64
+  assert config.train.compute_dtype == 'bfloat16' and config.train.batch_size == 16

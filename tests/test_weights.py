@@ -43,4 +43,4 @@ def jax_leaves(tree):
 
 def test_shipped_starter_records_the_tiles_it_was_trained_for():
   est = raftdvc_jax.load('s4-starter')
-  assert est.recommended_tiling() == (32, 0.5)
+  assert est.recommended_tiling() == (64, 0.5)

@@ -34,6 +34,7 @@ flags.mark_flags_as_required(['checkpoint'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.quiet_logs()
   if _OUTPUT.value and os.path.exists(_OUTPUT.value) and not _OVERWRITE.value:
     cli.fail(f'{_OUTPUT.value}: already exists (pass --overwrite to replace it)')
   import raftdvc_jax  # pylint: disable=import-outside-toplevel

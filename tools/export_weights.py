@@ -26,6 +26,7 @@ flags.mark_flags_as_required(['run', 'output'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.quiet_logs()
   notes = {'inference': {'tile': _TILE.value, 'overlap': _OVERLAP.value}} if _TILE.value else None
   print(cli.run(lambda: export.export_run(_RUN.value, _OUTPUT.value, _WHICH.value, _ITERS.value,
                                           _OVERWRITE.value, notes)))
