@@ -73,7 +73,7 @@ def test_train_cli_errors_are_one_line(tmp_path):
       "error: configs/missing.py: cannot load --config: [Errno 2] No such file or directory: 'configs/missing.py'"]
   proc = run('--config=configs/smoke.py', f'--workdir={workdir}', '--config.train.grad_accum=3')
   assert proc.returncode == 1 and proc.stderr.strip() == (
-      'error: config.train.batch_size 4 is not a multiple of grad_accum 3')
+      'error: config.train.batch_size 2 is not a multiple of grad_accum 3')
   # A mistyped key names the closest valid one; a broken config file names its file and line.
   proc = run('--config=configs/smoke.py', f'--workdir={workdir}', '--config.train.num_stepz=5')
   assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
