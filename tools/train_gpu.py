@@ -5,9 +5,11 @@ r"""Continues s4-starter on one GPU for a fixed number of minutes (configs/s4_st
 Two train.py runs, so that the learning-rate schedule fits the minutes without knowing the GPU's speed first:
   a  constant lr from the shipped weights until --probe_s seconds of timed steps, stopped by SIGTERM (it
      checkpoints); its steps/s sizes run b;
-  b  a OneCycle run from a's last step with as many steps as the time left holds, validated 4 times.
-Then it prints samples/s and the validation records, and exports b's best step (params only, --iters for
-inference, the crop size as its recorded tile). Compare it with the shipped weights on the CPU:
+  b  a OneCycle run from a's last step with as many steps as the time left holds, checkpointed 4 times
+     (validated too with --validate; off by default, see its help).
+Then it prints samples/s (and any validation records), and exports b's best step, or without validation its
+last (params only, --iters for inference, the crop size as its recorded tile). Compare it with the shipped
+weights on the CPU:
   python tools/eval_weights.py --checkpoint EXPORT --size 64 --per_cell 2 --suites synthetic,blobs
 --quick runs the same on a CPU with a narrow model and 16^3 crops (checks the plumbing only).
 """
@@ -32,7 +34,10 @@ _PROBE_S = flags.DEFINE_float('probe_s', 60.0, 'Seconds of timed steps in run a.
 _RESERVE_S = flags.DEFINE_float('reserve_s', 45.0, 'Seconds kept back for validation, checkpoints and export.')
 _ITERS = flags.DEFINE_integer('iters', 12, 'Inference iterations stored with the exported weights.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Narrow model, 16^3 crops, batch 2, 2 workers: a CPU plumbing check.')
-_OVERRIDES = flags.DEFINE_multi_string('set', [], 'Extra --config.KEY=VALUE overrides for both runs.')
+_VALIDATE = flags.DEFINE_bool('validate', False, 'Validate run b in training. Off by default: compiling the '
+                              'validation step crashed XLA-GPU (jax 0.11.2, Triton GEMM fusion) on an H200.')
+_OVERRIDES = flags.DEFINE_multi_string('set', [], 'Extra KEY=VALUE config overrides for both runs '
+                                       '(e.g. --set data.num_workers=14).')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs', 's4_starter.py') + ':gpu'
@@ -93,8 +98,9 @@ def _run_a(workdir) -> tuple[float, float]:
 
 def _run_b(workdir, init_from, steps: int, deadline: float) -> None:
   every = max(steps // 4, 1)
-  proc = subprocess.Popen(_command(workdir, [f'init_from={init_from}', f'train.num_steps={steps}',
-                                             f'train.eval_every={every}', f'train.checkpoint_every={every}']))
+  sets = [f'init_from={init_from}', f'train.num_steps={steps}', f'train.eval_every={every}',
+          f'train.checkpoint_every={every}'] + ([] if _VALIDATE.value else ['data.val_size=0'])
+  proc = subprocess.Popen(_command(workdir, sets))
   try:
     proc.wait(max(deadline - time.monotonic(), 1.0))
   except subprocess.TimeoutExpired:
