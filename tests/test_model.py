@@ -65,7 +65,7 @@ def test_gradients_reach_every_parameter():
     out = RAFTDVC(config).apply({'params': params}, vol0, vol1, train=True)
     return jnp.sum(jnp.abs(out.flows)) + jnp.sum(out.uncertainties ** 2)
 
-  grads = jax.grad(loss)(variables['params'])
+  grads = jax.jit(jax.grad(loss))(variables['params'])  # jitted: op-by-op it takes ~1 min on 2 cores
   flat = jax.tree_util.tree_leaves_with_path(grads)
   dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g) != 0)]
   assert not dead, f'no gradient reaches {dead}'
@@ -80,12 +80,13 @@ def test_flow_init_shifts_the_start():
   head['kernel'], head['bias'] = jnp.zeros_like(head['kernel']), jnp.zeros_like(head['bias'])
   vol0, vol1 = _pair((16, 16, 16), seed=4)
   init = jnp.zeros((1, 4, 4, 4, 3)).at[..., 1].set(1.5).at[..., 2].set(-0.25)
-  out = RAFTDVC(config).apply(variables, vol0, vol1, flow_init=init)
+  apply = jax.jit(RAFTDVC(config).apply)
+  out = apply(variables, vol0, vol1, flow_init=init)
   np.testing.assert_allclose(out.flow_low, init, atol=1e-6)
   np.testing.assert_allclose(out.flow[..., 1], 6.0, atol=1e-5)  # 1.5 feature voxels x stride 4
   np.testing.assert_allclose(out.flow[..., 2], -1.0, atol=1e-5)
   np.testing.assert_allclose(out.flow[..., 0], 0.0, atol=1e-6)
-  zero = RAFTDVC(config).apply(variables, vol0, vol1)
+  zero = apply(variables, vol0, vol1)
   np.testing.assert_allclose(zero.flow, 0.0, atol=1e-6)
 
 
@@ -101,8 +102,8 @@ def test_training_call_returns_every_iteration_and_inference_only_the_last():
 def test_bfloat16_compute_stays_close_to_float32():
   variables = init_params(TINY, jax.random.key(7))
   vol0, vol1 = _pair((16, 16, 16), seed=8)
-  f32 = RAFTDVC(TINY).apply(variables, vol0, vol1).flow
-  bf16 = RAFTDVC(TINY, dtype=jnp.bfloat16).apply(variables, vol0, vol1).flow
+  f32 = jax.jit(RAFTDVC(TINY).apply)(variables, vol0, vol1).flow
+  bf16 = jax.jit(RAFTDVC(TINY, dtype=jnp.bfloat16).apply)(variables, vol0, vol1).flow
   assert bf16.dtype == jnp.float32
   assert float(jnp.abs(bf16 - f32).max()) < 0.1 * float(jnp.abs(f32).max()) + 0.05
   # The dtype must reach the convolutions: bf16 rounding changes the flow, and the program computes in bf16.
