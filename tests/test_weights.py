@@ -44,3 +44,6 @@ def jax_leaves(tree):
 def test_shipped_starter_records_the_tiles_it_was_trained_for():
   est = raftdvc_jax.load('s4-starter')
   assert est.recommended_tiling() == (64, 0.5)
+  # What infer.py and eval_weights run with: the recommendation fills only what the caller left open.
+  assert est.tiling() == (64, 0.5) and est.tiling(overlap=0.25) == (64, 0.25)
+  assert est.tiling(32) == (32, None) and est.tiling(0, 0.3) == (0, 0.3)

@@ -40,9 +40,8 @@ def main(argv):
   import raftdvc_jax  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer import scorecard  # pylint: disable=import-outside-toplevel
   estimator = cli.run(lambda: raftdvc_jax.load(_CHECKPOINT.value))
-  recommended = estimator.recommended_tiling() or (0, 0.5)
-  tile = _TILE.value if _TILE.value is not None else recommended[0]
-  overlap = _OVERLAP.value if _OVERLAP.value is not None else recommended[1]
+  tile, overlap = estimator.tiling(_TILE.value, _OVERLAP.value)
+  overlap = 0.5 if overlap is None else overlap
   predict = lambda a, b: np.asarray(estimator.tiled(a, b, tile=tile, overlap=overlap, iters=_ITERS.value))
   cells = []
   if 'synthetic' in _SUITES.value:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import time
 from absl import flags
 
 from raftdvc_jax import cli
+from raftdvc_jax.train import curves
 
 _MINUTES = flags.DEFINE_float('minutes', 7.0, 'Wall-clock minutes for both runs (compilation included).')
 _RUN_DIR = flags.DEFINE_string('run_dir', '/tmp/s4_gpu', 'Directory for the two runs (a/ and b/).')
@@ -36,6 +38,8 @@ _ITERS = flags.DEFINE_integer('iters', 12, 'Inference iterations stored with the
 _QUICK = flags.DEFINE_bool('quick', False, 'Narrow model, 16^3 crops, batch 2, 2 workers: a CPU plumbing check.')
 _VALIDATE = flags.DEFINE_bool('validate', False, 'Validate run b in training. Off by default: compiling the '
                               'validation step crashed XLA-GPU (jax 0.11.2, Triton GEMM fusion) on an H200.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete runs a/ and b/ left in --run_dir by an earlier call '
+                               'and replace --export.')
 _OVERRIDES = flags.DEFINE_multi_string('set', [], 'Extra KEY=VALUE config overrides for both runs '
                                        '(e.g. --set data.num_workers=14).')
 
@@ -47,11 +51,11 @@ QUICK = ['model.feature_dim=16', 'model.hidden_dim=16', 'model.context_dim=16', 
 
 
 def _records(workdir):
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  """The run's metrics records so far ([] before its first, or while a line is half-written)."""
+  try:
+    return curves.read_metrics(workdir)
+  except (OSError, ValueError):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def _speed(workdir) -> float:
@@ -117,6 +121,14 @@ def main(argv):
   start = time.monotonic()
   deadline = start + 60 * _MINUTES.value
   run_a, run_b = os.path.join(_RUN_DIR.value, 'a'), os.path.join(_RUN_DIR.value, 'b')
+  export_dir = _EXPORT.value or os.path.join(_RUN_DIR.value, 'export')
+  if os.path.exists(export_dir) and not _OVERWRITE.value:
+    cli.fail(f'{export_dir}: exists; pass --overwrite to replace it, or another --export')
+  for run in (run_a, run_b):  # a left-over run would resume with another schedule and skew the timing
+    if os.path.exists(run):
+      if not _OVERWRITE.value:
+        cli.fail(f'{run}: exists from an earlier call; pass --overwrite to delete it, or another --run_dir')
+      shutil.rmtree(run)
   sps, compile_s = _run_a(run_a)
   if sps <= 0:
     cli.fail('run a logged no timed steps; give it more --probe_s')
@@ -130,7 +142,9 @@ def main(argv):
   _run_b(run_b, run_a, steps, deadline + _RESERVE_S.value)
 
   records = _records(run_b)
-  batch = 2 if _QUICK.value else 16
+  with open(os.path.join(run_b, 'config.json')) as f:
+    config = json.load(f)
+  batch, size = config['train']['batch_size'], config['data']['synthetic']['size']
   print(f'run b: {max((r["step"] for r in records), default=0)} steps, {_speed(run_b) * batch:.1f} samples/s '
         f'(batch {batch}); run a: {sps * batch:.1f} samples/s', flush=True)
   for r in records:
@@ -138,9 +152,8 @@ def main(argv):
       print(f'  step {r["step"]}: val_epe {r["val_epe"]:.4f}  val_zero_epe {r["val_zero_epe"]:.4f}  '
             f'ratio {r["val_epe"] / r["val_zero_epe"]:.3f}', flush=True)
   from raftdvc_jax.train import export  # pylint: disable=import-outside-toplevel
-  size = 16 if _QUICK.value else 64
-  out = export.export_run(run_b, _EXPORT.value or os.path.join(_RUN_DIR.value, 'export'), 'best', _ITERS.value,
-                          overwrite=True, notes={'inference': {'tile': size, 'overlap': 0.5}})
+  out = export.export_run(run_b, export_dir, 'best', _ITERS.value, overwrite=_OVERWRITE.value,
+                          notes={'inference': {'tile': size, 'overlap': 0.5}})
   print(f'exported: {out} ({time.monotonic() - start:.0f} s in all)', flush=True)
 
 

@@ -122,11 +122,8 @@ def pipeline(estimator=None, label=None, hooks=()):
   if coarse is not None:
     say(f'coarse arm {_COARSE.value}: {coarse.config.describe()}')
   iters = _ITERS.value if _ITERS.value or FLAGS['strategy'].present else estimator.config.iters
-  tile, overlap = _TILE.value, _OVERLAP.value
-  recommended = estimator.recommended_tiling()
-  if recommended and not FLAGS['tile'].present:  # e.g. weights trained on small crops
-    tile = recommended[0]
-    overlap = overlap if FLAGS['overlap'].present else recommended[1]
+  tile, overlap = estimator.tiling(_TILE.value if FLAGS['tile'].present else None, _OVERLAP.value)
+  if not FLAGS['tile'].present and estimator.recommended_tiling():  # e.g. weights trained on small crops
     say(f'tiles of {tile} (overlap {overlap}): what these weights were trained for; --tile overrides')
   pipe = Pipeline(estimator, coarse, tile, _STRATEGY.value, iters, overlap, _BLEND.value,
                   _BATCH.value, hooks, (label, _COARSE.value or ''), FLAGS.distributed)

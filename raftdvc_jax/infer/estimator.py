@@ -162,6 +162,14 @@ class FlowEstimator:
     rec = self.provenance.get('inference') or {}
     return (int(rec['tile']), float(rec.get('overlap', 0.5))) if rec.get('tile') else None
 
+  def tiling(self, tile=None, overlap: float | None = None):
+    """(tile, overlap) to run with: `tile` as given, else the recommended one, else 0 (whole volumes); `overlap`
+    as given, else the recommended one when the tile is, else None (the caller's default)."""
+    rec = self.recommended_tiling()
+    if tile is not None or rec is None:
+      return (0 if tile is None else tile), overlap
+    return rec[0], rec[1] if overlap is None else overlap
+
   def corr_method_for(self, tile: Sequence[int], batch: int = 1) -> str:
     """The correlation a batch of tiles runs with: 'auto' is 'allpairs' when it fits the device, else 'local'."""
     per_device = max(1, -(-int(batch) // jax.local_device_count()))
