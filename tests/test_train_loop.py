@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 
@@ -18,10 +19,11 @@ import raftdvc_jax
 from raftdvc_jax.convert import mapping
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.model.config import ModelConfig
-from raftdvc_jax.model.raft import init_params
+from raftdvc_jax.model.raft import RAFTDVC, init_params
 from raftdvc_jax.train import checkpoint
 from raftdvc_jax.train import loop
 from raftdvc_jax.train import state as state_lib
+from raftdvc_jax.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +43,8 @@ def tiny_config(num_steps=6, **data):
   c.data.update(data)
   c.train.update(num_steps=num_steps, batch_size=2, lr=1e-3, log_every=1, eval_every=2, checkpoint_every=2,
                  keep_checkpoints=2)
-  c.train.loss.corr_weight = 0.0  # the loop's mechanics; test_the_correlation_loss_is_trained_and_logged adds it
+  # The loop's mechanics: test_the_correlation_loss_is_trained_and_logged and the match warm-up test add these.
+  c.train.loss.update(corr_weight=0.0, match_warmup=0)
   # A schedule that does not depend on num_steps (so training on reuses the compiled step) but changes every step
   # (so a resumed step count that is off shows in the lr).
   c.train.schedule = dict(name='cyclic', base_lr=1e-4, step_size_up=2, step_size_down=3, mode='triangular2',
@@ -111,6 +114,61 @@ def test_the_correlation_loss_is_trained_and_logged(tmp_path):
   for r in rows:  # the logged total holds the weighted correlation loss on top of the sequence loss
     assert np.isfinite(r['train_corr_loss']) and r['train_corr_loss'] > 0.1
     assert r['train_loss'] > r['train_corr_loss']
+
+
+def test_match_warmup_trains_the_feature_encoder_alone_then_restarts_the_optimizer(tmp_path, monkeypatch):
+  config = tiny_config(3, train_size=2)
+  config.train.loss.match_warmup = 2
+  config.train.weight_decay = 0.0  # so that parameters without a gradient stay exactly as they were
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(config, workdir, progress=False)
+  rows = records(workdir)
+  assert [r['step'] for r in rows] == [1, 2, 3]
+  for r in rows[:2]:  # warm-up: the correlation loss is the whole loss, no flow, the constant peak lr
+    assert 'train_epe' not in r and r['train_loss'] == r['train_corr_loss'] > 0.1
+    assert r['lr'] == pytest.approx(config.train.lr)
+  assert np.isfinite(rows[2]['train_epe']) and 'train_corr_loss' not in rows[2]
+  assert rows[2]['lr'] == pytest.approx(config.train.schedule.base_lr)  # the schedule starts at the switch
+  model_config = ModelConfig.from_dict(config.model.to_dict())
+  before = state_lib.initial_variables(model_config, config.train.seed)['params']
+  after = orbax_io.load_variables(os.path.join(workdir, 'checkpoints', '2'))[1]['params']
+  for name in before:
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]))]
+    assert any(changed) if name == 'fnet' else not any(changed), name
+  # Killed right after the warm-up's checkpoint, a resumed run restarts the optimizer just the same.
+  resumed = str(tmp_path / 'resumed')
+  kill_at_batch(monkeypatch, 3)
+  with pytest.raises(Killed):
+    loop.train_and_evaluate(config, resumed, progress=False)
+  monkeypatch.undo()
+  loop.train_and_evaluate(config, resumed, progress=False)
+  assert without_timing(records(resumed)) == without_timing(rows)
+  end = [orbax_io.load_variables(os.path.join(w, 'checkpoints', '3'))[1] for w in (workdir, resumed)]
+  for a, b in zip(jax.tree.leaves(end[0]), jax.tree.leaves(end[1])):
+    np.testing.assert_array_equal(a, b)
+  # Both restarted the optimizer: its step counts (Adam's and the schedule's) count the one step after it.
+  for w in (workdir, resumed):
+    saved = ocp.PyTreeCheckpointer().restore(os.path.join(w, 'checkpoints', '3', 'train_state'))
+    counts = [int(x) for x in jax.tree.leaves(saved['opt_state']) if np.ndim(x) == 0]
+    assert counts and set(counts) == {1}, counts
+  with pytest.raises(ValueError, match='match_warmup'):
+    config.train.loss.match_warmup = 3
+    loop.train_and_evaluate(config, str(tmp_path / 'bad'), progress=False)
+
+
+def test_match_loss_updates_only_the_feature_encoders_batch_statistics():
+  config = ModelConfig.from_dict(dict(tiny_config().model.to_dict(), encoder_norm='batch', context_norm='batch'))
+  variables = init_params(config, jax.random.key(0), optimize=False)
+  rng = np.random.default_rng(0)
+  mb = {'vol0': rng.random((2, 16, 16, 16), np.float32), 'vol1': rng.random((2, 16, 16, 16), np.float32),
+        'flow': rng.standard_normal((2, 3, 16, 16, 16)).astype(np.float32)}
+  match_loss = jax.jit(step_lib.match_loss_fn(RAFTDVC(config)))
+  loss, (metrics, stats) = match_loss(variables['params'], variables['batch_stats'], mb)
+  assert np.isfinite(loss) and metrics['corr_loss'] == loss and set(stats) == set(variables['batch_stats'])
+  for name in stats:
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stats[name]),
+                                                 jax.tree.leaves(variables['batch_stats'][name]))]
+    assert not any(same) if name == 'fnet' else all(same), name
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path, monkeypatch):

@@ -42,6 +42,26 @@ def coords_grid(batch: int, shape) -> jax.Array:
   return jnp.broadcast_to(grid, (batch, *shape, 3))
 
 
+def prepare_pair(vol0, vol1):
+  """A pair (B, X0, X1, X2[, C]) -> float32 channel-last, jointly normalised (normalize_pair)."""
+  if vol0.shape != vol1.shape:
+    raise ValueError(f'volume shapes differ: {vol0.shape} vs {vol1.shape}')
+  if vol0.ndim == 4:
+    vol0, vol1 = vol0[..., None], vol1[..., None]
+  return normalize_pair(vol0.astype(jnp.float32), vol1.astype(jnp.float32))
+
+
+def feature_encoder(cfg: ModelConfig, train: bool = False, dtype: Dtype | None = None, **kwargs) -> Encoder:
+  """The feature encoder ('fnet') of RAFTDVC(cfg); apply it alone with a model's params['fnet']."""
+  return Encoder(cfg.feature_dim, cfg.encoder_type, cfg.encoder_norm, cfg.volraft, train, dtype, **kwargs)
+
+
+def encode_pair(fnet, vol0, vol1):
+  """(fmap0, fmap1): both prepared volumes through one feature encoder in a single batch, as RAFT does."""
+  fmaps = fnet(jnp.concatenate([vol0, vol1], 0))
+  return fmaps[:vol0.shape[0]], fmaps[vol0.shape[0]:]
+
+
 def upsample_flow(flow, size, extra_scale: float = 1.0):
   """Trilinear align_corners resize of a (B, h, w, d, C) map to `size`, channel c < 3 scaled by size/h."""
   up = resize_trilinear(flow, size)
@@ -90,16 +110,10 @@ class RAFTDVC(nn.Module):
   def __call__(self, vol0, vol1, iters: int | None = None, flow_init=None, train: bool = False):
     cfg = self.config
     iters = iters or cfg.iters
-    if vol0.shape != vol1.shape:
-      raise ValueError(f'volume shapes differ: {vol0.shape} vs {vol1.shape}')
-    if vol0.ndim == 4:
-      vol0, vol1 = vol0[..., None], vol1[..., None]
+    vol0, vol1 = prepare_pair(vol0, vol1)
     batch, *size = vol0.shape[:4]
-    vol0, vol1 = normalize_pair(vol0.astype(jnp.float32), vol1.astype(jnp.float32))
 
-    fmaps = Encoder(cfg.feature_dim, cfg.encoder_type, cfg.encoder_norm, cfg.volraft, train, self.dtype,
-                    name='fnet')(jnp.concatenate([vol0, vol1], 0))
-    fmap0, fmap1 = fmaps[:batch], fmaps[batch:]
+    fmap0, fmap1 = encode_pair(feature_encoder(cfg, train, self.dtype, name='fnet'), vol0, vol1)
     grid = tuple(math.ceil(n / cfg.stride) for n in size)
     if fmap0.shape[1:4] != grid:
       raise ValueError(f'encoder {cfg.encoder_type!r} gives a {fmap0.shape[1:4]} grid for input {tuple(size)}'

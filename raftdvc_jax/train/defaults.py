@@ -42,7 +42,9 @@ def base_config(model: str = 's4', data: str = 'r4_64') -> ml_collections.Config
   c.train.schedule = ml_collections.ConfigDict(dict(
       name='onecycle', pct_start=0.2, anneal='cos', div_factor=25.0, final_div_factor=1e4, steps_per_epoch=1))
   # corr_weight > 0 adds correlation_loss (an auxiliary match loss on the features; 0 is RAFT-DVC's recipe).
-  c.train.loss = ml_collections.ConfigDict(dict(gamma=0.8, components='sum', max_flow=0.0, corr_weight=0.0))
+  # match_warmup N: the first N steps train the feature encoder alone on correlation_loss (docs/training.md).
+  c.train.loss = ml_collections.ConfigDict(dict(gamma=0.8, components='sum', max_flow=0.0, corr_weight=0.0,
+                                                match_warmup=0))
   c.train.compute_dtype = 'float32'  # 'bfloat16': bf16 convolutions, float32 params and correlation
   c.train.remat = False              # recompute each iteration's activations in the backward pass
   c.train.corr_method = 'auto'

@@ -21,11 +21,13 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
 from raftdvc_jax import atomic
 from raftdvc_jax import metrics as metrics_lib
@@ -67,10 +69,14 @@ def validate(config) -> ModelConfig:
     raise ValueError(f'config.train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {t.compute_dtype!r}')
   if t.seed < 0:
     raise ValueError(f'config.train.seed must be >= 0, got {t.seed}')
-  schedule_lib.from_config(_plain(t.schedule), t.num_steps, t.lr)  # raises on a bad schedule
   loss = _plain(t.loss)
   if loss.get('components', 'sum') not in ('sum', 'mean'):
     raise ValueError(f"config.train.loss.components must be 'sum' or 'mean', got {loss.get('components')!r}")
+  warmup = int(loss.get('match_warmup', 0))
+  if not 0 <= warmup < t.num_steps:
+    raise ValueError(f'config.train.loss.match_warmup must be >= 0 and below num_steps ({t.num_steps}), '
+                     f'got {warmup}')
+  schedule_lib.from_config(_plain(t.schedule), t.num_steps - warmup, t.lr)  # raises on a bad schedule
   d = config.data
   if d.get('dir'):
     if not os.path.isdir(d.dir):
@@ -173,20 +179,48 @@ PROGRAM_KEYS = ('corr_method', 'compute_dtype', 'remat', 'schedule', 'num_steps'
                 'clip_norm', 'loss')
 
 
-@functools.lru_cache(maxsize=4)
-def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple):
-  """(mesh, tx, jitted train step, jitted eval step) for one model and the PROGRAM_KEYS of config.train.
+class Programs(NamedTuple):
+  """What one model and config.train compile to."""
 
+  mesh: Mesh
+  tx: optax.GradientTransformation
+  train_step: Callable      # (state, batch) -> (state, metrics)
+  eval_step: Callable       # (variables, batch) -> per-voxel EPE
+  warmup_step: Callable | None  # the loss.match_warmup step (feature encoder alone), or None
+  restart: Callable | None      # state -> state with fresh optimizer moments, at the end of the warm-up
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple) -> Programs:
+  """The Programs of one model and the PROGRAM_KEYS of config.train.
+
+  With loss.match_warmup = W > 0 the first W steps train the feature encoder alone on the correlation loss
+  at the constant peak lr; then the optimizer restarts (fresh moments) and config.train.schedule runs over
+  the remaining num_steps - W steps, as if the warm-up had been a separate pre-training run.
   Cached, so that runs of one config in one process (resume, sweeps, tests) compile once.
   """
   t = json.loads(train_json)
   mesh = step_lib.make_mesh(devices)
   model = RAFTDVC(model_cfg, corr_method=t['corr_method'], dtype=COMPUTE_DTYPES[t['compute_dtype']],
                   remat=t['remat'])
-  schedule = schedule_lib.from_config(t['schedule'], t['num_steps'], t['lr'])
+  warmup = int(t['loss'].get('match_warmup', 0))
+  schedule = schedule_lib.from_config(t['schedule'], t['num_steps'] - warmup, t['lr'])
   tx = state_lib.optimizer(schedule, t['weight_decay'], t['clip_norm'])
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, schedule, t['loss']), mesh)
-  return mesh, tx, train_step, step_lib.make_eval_step(model, mesh)
+  logged = schedule if not warmup else lambda step: schedule(step - warmup)  # the lr the step logs
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(model, tx, logged, t['loss']), mesh)
+  eval_step = step_lib.make_eval_step(model, mesh)
+  if not warmup:
+    return Programs(mesh, tx, train_step, eval_step, None, None)
+  # The same optimizer chain at a constant lr: its state has the same structure, so checkpoints do not
+  # depend on the phase.
+  constant = schedule_lib.constant(t['lr'])
+  warm_tx = state_lib.optimizer(constant, t['weight_decay'], t['clip_norm'])
+  warmup_step = step_lib.jit_train_step(
+      step_lib.make_train_step(model, warm_tx, constant, t['loss'], match_only=True), mesh)
+  repl = step_lib.replicated(mesh)
+  restart = jax.jit(lambda state: state.replace(opt_state=tx.init(state.params)), in_shardings=repl,
+                    out_shardings=repl, donate_argnums=0)
+  return Programs(mesh, tx, train_step, eval_step, warmup_step, restart)
 
 
 def is_time(step: int, every: int, last: int) -> bool:
@@ -253,13 +287,14 @@ class _Records:
 
 
 def _window_record(step: int, window: list, seconds: float, timed_steps: int) -> dict[str, Any]:
+  """The mean of each metric over the steps of the window that have it (warm-up steps have no epe)."""
   host = jax.device_get(window)
-  mean = lambda k: float(np.mean([m[k] for m in host], dtype=np.float64))
-  record = {'step': step, 'train_loss': mean('loss'), 'train_epe': mean('epe'), 'lr': float(host[-1]['lr']),
-            'grad_norm': mean('grad_norm'),
+  mean = lambda k: float(np.mean([m[k] for m in host if k in m], dtype=np.float64))
+  record = {'step': step, 'train_loss': mean('loss'), 'lr': float(host[-1]['lr']), 'grad_norm': mean('grad_norm'),
             'steps_per_s': timed_steps / seconds if seconds > 0 and timed_steps > 0 else None}
-  if 'corr_loss' in host[0]:
-    record['train_corr_loss'] = mean('corr_loss')
+  for key in ('epe', 'corr_loss'):
+    if any(key in m for m in host):
+      record['train_' + key] = mean(key)
   return record
 
 
@@ -304,7 +339,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
 
   # Devices, model, optimizer and the compiled steps.
   train_json = json.dumps({k: _plain(t)[k] for k in PROGRAM_KEYS}, sort_keys=True)
-  mesh, tx, train_step, eval_step = _programs(model_cfg, train_json, tuple(jax.devices()))
+  programs = _programs(model_cfg, train_json, tuple(jax.devices()))
+  mesh, tx, eval_step = programs.mesh, programs.tx, programs.eval_step
+  warmup = int(t.loss.get('match_warmup', 0))
   accum, pcount = int(t.grad_accum), jax.process_count()
   micro = t.batch_size // accum
   if micro % mesh.size:
@@ -344,7 +381,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     with _StopFlag() as stop:
       while step < t.num_steps:
         batch = step_lib.to_device(step_lib.split_accum(next(batches), accum), batch_sharding)
-        state, metrics = train_step(state, batch)
+        if warmup and step == warmup:  # the warm-up is over (in this run or before a resume)
+          state = programs.restart(state)
+        state, metrics = (programs.warmup_step if step < warmup else programs.train_step)(state, batch)
         step += 1
         window.append(metrics)
         pacer.step_done(metrics)

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from raftdvc_jax.model.raft import RAFTDVC
+from raftdvc_jax.model.raft import RAFTDVC, encode_pair, feature_encoder, prepare_pair
 from raftdvc_jax.train import loss as loss_lib
 from raftdvc_jax.train.state import TrainState
 
@@ -82,19 +82,45 @@ def loss_fn(model: RAFTDVC, loss_cfg: Mapping[str, Any]):
   return fn
 
 
+def match_loss_fn(model: RAFTDVC):
+  """fn(params, batch_stats, micro_batch) -> (loss, (metrics, batch_stats)): the correlation loss of the
+  feature encoder alone (params['fnet']), without the context encoder or the update iterations."""
+  fnet = feature_encoder(model.config, train=True, dtype=model.dtype)
+
+  def fn(params, batch_stats, mb):
+    batch_norm = bool(batch_stats) and 'fnet' in batch_stats  # its statistics update as in a full step
+    variables = {'params': params['fnet'], **({'batch_stats': batch_stats['fnet']} if batch_norm else {})}
+    updated = {}
+
+    def encode(x):
+      if not batch_norm:
+        return fnet.apply(variables, x)
+      y, updated['fnet'] = fnet.apply(variables, x, mutable=['batch_stats'])
+      return y
+
+    fmaps = encode_pair(encode, *prepare_pair(mb['vol0'], mb['vol1']))
+    loss = loss_lib.correlation_loss(*fmaps, jnp.moveaxis(mb['flow'], 1, -1))
+    if batch_norm:
+      batch_stats = {**batch_stats, 'fnet': updated['fnet']['batch_stats']}
+    return loss, ({'corr_loss': loss}, batch_stats)
+
+  return fn
+
+
 def global_norm(tree) -> jax.Array:
   """sqrt of the sum of squares of every leaf (what clip_by_global_norm clips)."""
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def make_train_step(model: RAFTDVC, tx: optax.GradientTransformation, schedule: Callable,
-                    loss_cfg: Mapping[str, Any]) -> Callable:
+                    loss_cfg: Mapping[str, Any], match_only: bool = False) -> Callable:
   """train_step(state, batch) -> (state, metrics); batch leaves are (accum, micro_batch, ...).
 
   Gradients and losses are averaged over the accumulation steps (equal micro-batches: the full-batch mean);
-  batch-norm statistics, if any, update sequentially as PyTorch's would.
+  batch-norm statistics, if any, update sequentially as PyTorch's would. match_only: the objective is
+  match_loss_fn (the warm-up of config.train.loss.match_warmup); the other parameters get zero gradients.
   """
-  grad_fn = jax.value_and_grad(loss_fn(model, loss_cfg), has_aux=True)
+  grad_fn = jax.value_and_grad(match_loss_fn(model) if match_only else loss_fn(model, loss_cfg), has_aux=True)
 
   def train_step(state: TrainState, batch):
     accum = jax.tree.leaves(batch)[0].shape[0]
@@ -109,7 +135,8 @@ def make_train_step(model: RAFTDVC, tx: optax.GradientTransformation, schedule: 
         return (add(grads_sum, grads), loss_sum + loss, add(metrics_sum, metrics), stats), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      metric_names = ('epe', 'corr_loss') if loss_cfg.get('corr_weight', 0.0) else ('epe',)
+      metric_names = (('corr_loss',) if match_only else
+                      ('epe', 'corr_loss') if loss_cfg.get('corr_weight', 0.0) else ('epe',))
       init = (zeros, jnp.zeros((), jnp.float32), {k: jnp.zeros((), jnp.float32) for k in metric_names},
               state.batch_stats)
       (grads, loss, metrics, batch_stats), _ = jax.lax.scan(body, init, batch)
