@@ -153,7 +153,7 @@ def test_estimator_auto_runs_local_when_all_pairs_does_not_fit(monkeypatch):
   from raftdvc_jax.model.raft import init_params
   cfg = ModelConfig(encoder_type='1/2', feature_dim=16, hidden_dim=16, context_dim=16, corr_levels=2,
                     corr_radius=2, iters=2)  # a 12^3 feature grid: all-pairs' build outweighs the encoders
-  variables = init_params(cfg, jax.random.key(0))
+  variables = init_params(cfg, jax.random.key(0), optimize=False)
   rng = np.random.default_rng(0)
   vol0 = rng.random((24, 24, 24)).astype(np.float32)
   vol1 = np.roll(vol0, 1, axis=2)

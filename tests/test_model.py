@@ -40,7 +40,7 @@ def test_presets_have_the_published_parameter_counts():
 
 
 def test_jitted_forward_traces_once_per_shape():
-  variables = init_params(TINY, jax.random.key(0))
+  variables = init_params(TINY, jax.random.key(0), optimize=False)
   model = RAFTDVC(TINY)
 
   @jax.jit
@@ -58,7 +58,7 @@ def test_jitted_forward_traces_once_per_shape():
 
 def test_gradients_reach_every_parameter():
   config = TINY.replace(uncertainty='nll')
-  variables = init_params(config, jax.random.key(1))
+  variables = init_params(config, jax.random.key(1), optimize=False)
   vol0, vol1 = _pair((16, 16, 20), seed=2)
 
   def loss(params):
@@ -75,7 +75,7 @@ def test_gradients_reach_every_parameter():
 def test_flow_init_shifts_the_start():
   """With the flow head zeroed, nothing updates: the answer is the flow_init, upsampled and scaled by s."""
   config = TINY.replace(iters=2)
-  variables = init_params(config, jax.random.key(3))
+  variables = init_params(config, jax.random.key(3), optimize=False)
   head = variables['params']['update_block']['flow_head']['conv2']
   head['kernel'], head['bias'] = jnp.zeros_like(head['kernel']), jnp.zeros_like(head['bias'])
   vol0, vol1 = _pair((16, 16, 16), seed=4)
@@ -91,16 +91,17 @@ def test_flow_init_shifts_the_start():
 
 
 def test_training_call_returns_every_iteration_and_inference_only_the_last():
-  variables = init_params(TINY, jax.random.key(5))
+  variables = init_params(TINY, jax.random.key(5), optimize=False)
   vol0, vol1 = _pair((16, 16, 16), seed=6)
-  train = RAFTDVC(TINY).apply(variables, vol0, vol1, train=True)
-  infer = RAFTDVC(TINY).apply(variables, vol0, vol1)
+  apply = jax.jit(RAFTDVC(TINY).apply, static_argnames='train')  # op by op it takes ~25 s on 2 cores
+  train = apply(variables, vol0, vol1, train=True)
+  infer = apply(variables, vol0, vol1)
   assert train.flows.shape == (3, 1, 16, 16, 16, 3) and infer.flows is None
   np.testing.assert_allclose(train.flows[-1], infer.flow, atol=1e-5)
 
 
 def test_bfloat16_compute_stays_close_to_float32():
-  variables = init_params(TINY, jax.random.key(7))
+  variables = init_params(TINY, jax.random.key(7), optimize=False)
   vol0, vol1 = _pair((16, 16, 16), seed=8)
   f32 = jax.jit(RAFTDVC(TINY).apply)(variables, vol0, vol1).flow
   bf16 = jax.jit(RAFTDVC(TINY, dtype=jnp.bfloat16).apply)(variables, vol0, vol1).flow
@@ -114,7 +115,7 @@ def test_bfloat16_compute_stays_close_to_float32():
 
 def test_mapping_round_trips_and_reports_a_readable_diff():
   config = TINY.replace(encoder_norm='batch', context_norm='group')
-  variables = init_params(config, jax.random.key(9))
+  variables = init_params(config, jax.random.key(9), optimize=False)
   state = mapping.to_torch(variables, config)
   assert 'fnet.layer2.0.downsample.1.running_mean' in state  # norm4 is registered twice in PyTorch
   back = mapping.from_torch(state, config)
@@ -139,7 +140,7 @@ def test_volraft_keys_carry_the_module_prefix_and_no_encoder_level():
 
 
 def test_input_checks():
-  variables = init_params(TINY, jax.random.key(0))
+  variables = init_params(TINY, jax.random.key(0), optimize=False)
   vol = np.zeros((1, 16, 16, 16), np.float32)
   with pytest.raises(ValueError, match='shapes differ'):
     RAFTDVC(TINY).apply(variables, vol, np.zeros((1, 16, 16, 20), np.float32))
