@@ -116,6 +116,7 @@ def test_the_correlation_loss_is_trained_and_logged(tmp_path):
     assert r['train_loss'] > r['train_corr_loss']
 
 
+@pytest.mark.filterwarnings('ignore:Sharding info not provided')  # the optimizer state is read back raw
 def test_match_warmup_trains_the_feature_encoder_alone_then_restarts_the_optimizer(tmp_path, monkeypatch):
   config = tiny_config(3, train_size=2)
   config.train.loss.match_warmup = 2
