@@ -2,7 +2,7 @@ r"""Smoke run: the RAFT-DVC s4 arm from scratch on fresh translation pairs, vali
 
   python train.py --config=configs/smoke.py --workdir=/tmp/raftdvc_smoke
 
-The first phase of the s4-starter recipe (configs/s4_starter.py:translation) cut to ~4 minutes on 2 cores:
+The first phase of the s4-starter recipe (configs/s4_starter.py:translation) cut to ~5 minutes on 2 cores:
 fresh 32^3 bead pairs every step (flips and rot90 on), translations of 2-5 voxels along the largest
 component, batch 2, 4 training iterations, and the auxiliary correlation loss (train.loss.corr_weight).
 The first 250 steps are a match warm-up (train.loss.match_warmup; docs/training.md): the feature encoder

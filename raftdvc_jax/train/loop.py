@@ -72,10 +72,10 @@ def validate(config) -> ModelConfig:
   loss = _plain(t.loss)
   if loss.get('components', 'sum') not in ('sum', 'mean'):
     raise ValueError(f"config.train.loss.components must be 'sum' or 'mean', got {loss.get('components')!r}")
-  warmup = int(loss.get('match_warmup', 0))
-  if not 0 <= warmup < t.num_steps:
-    raise ValueError(f'config.train.loss.match_warmup must be >= 0 and below num_steps ({t.num_steps}), '
-                     f'got {warmup}')
+  warmup = loss.get('match_warmup', 0)
+  if not (isinstance(warmup, int) and 0 <= warmup < t.num_steps):
+    raise ValueError(f'config.train.loss.match_warmup must be a whole number >= 0 and below num_steps '
+                     f'({t.num_steps}), got {warmup!r}')
   schedule_lib.from_config(_plain(t.schedule), t.num_steps - warmup, t.lr)  # raises on a bad schedule
   d = config.data
   if d.get('dir'):
@@ -249,6 +249,10 @@ class _Pacer:
     else:
       self.timed += 1
 
+  def untimed_next(self) -> None:
+    """The next step compiles a new program: time from its end, as from the first step's."""
+    self.clock, self.timed = None, 0
+
   def lap(self) -> tuple[float, int]:
     """(seconds, timed steps) since the last lap; starts the next one."""
     now = time.perf_counter()
@@ -383,6 +387,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         batch = step_lib.to_device(step_lib.split_accum(next(batches), accum), batch_sharding)
         if warmup and step == warmup:  # the warm-up is over (in this run or before a resume)
           state = programs.restart(state)
+          pacer.untimed_next()  # the full step compiles now
         state, metrics = (programs.warmup_step if step < warmup else programs.train_step)(state, batch)
         step += 1
         window.append(metrics)
@@ -392,7 +397,8 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         stopping = stop.signal is not None
         is_ckpt = is_time(step, t.checkpoint_every, t.num_steps) or stopping
         is_eval = bool(val_samples) and (is_time(step, t.eval_every, t.num_steps) or is_ckpt)
-        if not (is_ckpt or is_eval or is_time(step, t.log_every, t.num_steps)):
+        # A record at the end of the warm-up, so that no window mixes warm-up and full steps.
+        if not (is_ckpt or is_eval or is_time(step, t.log_every, t.num_steps) or step == warmup):
           continue
         record = _window_record(step, window, *pacer.lap())
         _check_finite(record, ckpts, step - len(window) + 1)

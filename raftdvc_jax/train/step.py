@@ -118,7 +118,7 @@ def make_train_step(model: RAFTDVC, tx: optax.GradientTransformation, schedule: 
 
   Gradients and losses are averaged over the accumulation steps (equal micro-batches: the full-batch mean);
   batch-norm statistics, if any, update sequentially as PyTorch's would. match_only: the objective is
-  match_loss_fn (the warm-up of config.train.loss.match_warmup); the other parameters get zero gradients.
+  match_loss_fn (the warm-up of config.train.loss.match_warmup) and only params['fnet'] change.
   """
   grad_fn = jax.value_and_grad(match_loss_fn(model) if match_only else loss_fn(model, loss_cfg), has_aux=True)
 
@@ -143,6 +143,8 @@ def make_train_step(model: RAFTDVC, tx: optax.GradientTransformation, schedule: 
       grads = jax.tree.map(lambda g: g / accum, grads)
       loss, metrics = loss / accum, jax.tree.map(lambda m: m / accum, metrics)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if match_only:  # AdamW's weight decay would still shrink the rest: the warm-up moves fnet alone
+      updates = {name: u if name == 'fnet' else jax.tree.map(jnp.zeros_like, u) for name, u in updates.items()}
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), lr=schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
