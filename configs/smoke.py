@@ -12,7 +12,7 @@ curve shows generalisation, not memorising; its first records (steps 125, 250) a
 block, at the no-motion EPE.
 Measured on 2 cores (docs/training.md, "Smoke config"): from step 250 to 430 the validation EPE falls
 48 % to 0.52x the EPE of predicting no motion (seed 0); 34 % to 0.66x with --config.train.seed=1, 37 % to
-0.63x with seed 2; 4.5-4.7 minutes of training. Running the command again resumes (or, when finished, says
+0.63x with seed 2; 3.3-4.7 minutes of training (3.5-5.0 for the command). Running the command again resumes (or, when finished, says
 so); --config.train.num_steps=N trains on.
 """
 
