@@ -52,6 +52,24 @@ def tiny_variables():
   return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
 
 
+def tiny_run(workdir, steps=(1, 2)):
+  """A training run directory of the tiny model: checkpoints of `steps`, saved as the loop saves them."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.train import checkpoint, state, step as step_lib  # pylint: disable=import-outside-toplevel
+  config = tiny_model_config()
+  tx = state.optimizer(optax.constant_schedule(1e-4))
+  repl = step_lib.replicated(jax.sharding.Mesh(jax.devices(), ('data',)))  # as the training loop places it
+  ckpts = checkpoint.Checkpoints(workdir, config.to_json(), keep=len(steps))
+  try:
+    for step in steps:
+      st = jax.device_put(state.create(config, tx, 0, variables=tiny_variables()), repl)
+      ckpts.save(st.replace(step=st.step + step), {'step': step}, None)
+  finally:
+    ckpts.close()
+  return str(workdir)
+
+
 def _driver(mode, workdir, num_processes, process_id, port):
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update('jax_platforms', 'cpu')
@@ -62,6 +80,18 @@ def _driver(mode, workdir, num_processes, process_id, port):
   if mode == 'train':
     from raftdvc_jax.train import loop  # pylint: disable=import-outside-toplevel
     loop.train_and_evaluate(tiny_train_config(), workdir, progress=False)
+  elif mode == 'resume':  # every process of a run opens its checkpoints and resumes, as the loop does
+    import optax  # pylint: disable=import-outside-toplevel
+    from raftdvc_jax.train import checkpoint, state, step as step_lib  # pylint: disable=import-outside-toplevel
+    repl = step_lib.replicated(jax.sharding.Mesh(jax.devices(), ('data',)))
+    tx = state.optimizer(optax.constant_schedule(1e-4))
+    template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                            jax.eval_shape(lambda: state.create(tiny_model_config(), tx, 0, tiny_variables())))
+    ckpts = checkpoint.Checkpoints(workdir, tiny_model_config().to_json())
+    restored, meta = ckpts.restore_newest(template)
+    ckpts.close()
+    with open(os.path.join(workdir, f'resumed_{process_id}.json'), 'w') as f:
+      json.dump({'step': int(restored.step), 'meta': meta['step']}, f)
   else:
     from raftdvc_jax.infer import distributed, tiled  # pylint: disable=import-outside-toplevel
     from raftdvc_jax.model.raft import RAFTDVC  # pylint: disable=import-outside-toplevel
@@ -152,14 +182,22 @@ def test_two_process_inference_matches_one_process(tmp_path):
   assert total > 2 and sorted(s['tiles'] for s in summaries) == [total // 2, total - total // 2]
 
 
-def test_infer_cli_on_two_processes_writes_the_one_process_flow(tmp_path):
-  """infer.py --distributed: each process runs its share of the tiles, process 0 writes the blended flow."""
+@pytest.mark.parametrize('kind', ['converted', 'training run'])
+def test_infer_cli_on_two_processes_writes_the_one_process_flow(tmp_path, kind):
+  """infer.py --distributed: each process runs its share of the tiles, process 0 writes the blended flow.
+
+  Both kinds of --checkpoint: a converted directory, and a training run, whose Orbax arrays were saved with
+  the device placement of the process that trained (restoring it as saved fails on process 1).
+  """
   import raftdvc_jax  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
   vol0, vol1 = tiny_volume_pair()
   for name, vol in (('vol0', vol0), ('vol1', vol1)):
     np.save(tmp_path / f'{name}.npy', vol)
-  ckpt = orbax_io.save(str(tmp_path / 'ckpt'), tiny_model_config(), tiny_variables(), {'kind': 'test'})
+  if kind == 'converted':
+    ckpt = orbax_io.save(str(tmp_path / 'ckpt'), tiny_model_config(), tiny_variables(), {'kind': 'test'})
+  else:
+    ckpt = tiny_run(tmp_path / 'ckpt')
   out = tmp_path / 'flow.npy'
   env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
              XLA_FLAGS='--xla_force_host_platform_device_count=1', RAFTDVC_JAX_CACHE=str(tmp_path / 'cache'))
@@ -172,6 +210,7 @@ def test_infer_cli_on_two_processes_writes_the_one_process_flow(tmp_path):
   logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
+    assert 'skipped' not in log, log[-3000:]  # no step blamed as damaged
   assert 'wrote' in logs[0] and 'process 0 writes' in logs[1], logs
   assert sorted(os.listdir(tmp_path)) == ['cache', 'ckpt', 'flow.npy', 'vol0.npy', 'vol1.npy']  # one output only
   est = raftdvc_jax.load(ckpt)
@@ -179,6 +218,23 @@ def test_infer_cli_on_two_processes_writes_the_one_process_flow(tmp_path):
   flow = np.load(out)
   assert float(np.abs(ref).max()) > 1e-3
   np.testing.assert_allclose(flow, ref, atol=1e-5)
+
+
+def test_two_processes_resuming_one_run_set_its_damaged_step_aside_once(tmp_path):
+  """On shared storage only process 0 moves a damaged step and adds missing configs; both resume alike."""
+  run = tiny_run(tmp_path / 'run', steps=(1, 2, 3))
+  os.remove(os.path.join(run, 'checkpoints', '1', 'model_config.json'))  # as if killed before it was written
+  for folder, _, files in os.walk(os.path.join(run, 'checkpoints', '3', 'variables')):
+    for name in files:  # damage the newest step's arrays
+      with open(os.path.join(folder, name), 'r+b') as f:
+        f.truncate(os.path.getsize(f.name) // 3)
+  _launch(('resume', run, 2))
+  for i in range(2):
+    assert json.load(open(os.path.join(run, f'resumed_{i}.json'))) == {'step': 2, 'meta': 2}
+  aside = os.listdir(os.path.join(run, 'damaged_checkpoints'))
+  assert len(aside) == 1 and aside[0].startswith('3-'), aside
+  assert sorted(os.listdir(os.path.join(run, 'checkpoints'))) == ['1', '2']
+  assert os.path.isfile(os.path.join(run, 'checkpoints', '1', 'model_config.json'))
 
 
 def test_two_process_training_matches_one_process(tmp_path):

@@ -148,10 +148,15 @@ def load_variables(path) -> tuple[ModelConfig, dict, dict]:
   item = os.path.join(path, VARIABLES_DIR)
   if not os.path.isdir(item):
     raise CheckpointDirError(f'{path}: not a converted checkpoint (no {VARIABLES_DIR}/ directory)')
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    # Restored without a target so that the stored shapes are checked here, not silently adapted.
-    restored = checkpointer.restore(item)
+    # Restored as host numpy arrays in the stored shapes (checked below, not silently adapted), whatever
+    # device placement they were saved with: a training run saves arrays on its mesh, and restoring that
+    # placement fails on every process that does not hold those devices (multi-process inference).
+    import jax  # pylint: disable=import-outside-toplevel
+    stored = checkpointer.metadata(item).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+    restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
   except Exception as e:  # pylint: disable=broad-except
     # Orbax raises many types (ValueError, FileNotFoundError, tensorstore errors) for damaged items.
     message = str(e).splitlines()[0] if str(e) else type(e).__name__

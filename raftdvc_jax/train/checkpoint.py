@@ -88,23 +88,42 @@ def resolve(path, which: str = 'best') -> str:
 def load_run(path, which: str = 'best', load=None):
   """(step_dir, load(step_dir)) of the `which` step of a run, falling back to the newest step that loads.
 
-  Logs which step it uses (best or latest, and its val_epe) and every step it skipped and why; raises the
-  first error when no step loads.
+  Logs which step it uses (best or latest, and its val_epe) and every step it skipped and why. When no step
+  loads, the steps are not blamed one by one: the cause is then not a damaged step (a config mismatch, a
+  failed restore) and the first error is raised, naming how many steps it applies to.
   """
   if load is None:
     from raftdvc_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
     load = orbax_io.load_variables
-  first = None
+  skipped = []
   for step_dir, why in candidates(path, which):
     try:
       result = load(step_dir)
     except (ValueError, OSError) as e:
-      log.warning('%s: skipped %s: cannot load it (%s)', step_dir, why, str(e).splitlines()[0][:300])
-      first = first or e
+      skipped.append((step_dir, why, e))
       continue
+    for bad_dir, bad_why, e in skipped:
+      log.warning('%s: skipped %s: cannot load it (%s)', bad_dir, bad_why, str(e).splitlines()[0][:300])
     log.info('%s: using %s', os.fspath(path), why)
     return step_dir, result
+  first = skipped[0][2]
+  if len(skipped) > 1:
+    raise ValueError(f'{first}; none of the {len(skipped)} steps of {os.fspath(path)} loads') from first
   raise first
+
+
+def _on_lead_process(fn, barrier: str) -> None:
+  """Runs fn on process 0 only, then makes every process of a multi-process run wait for it.
+
+  Files every process would otherwise change at once on shared storage (a step moved aside, a config
+  added) are changed once; the barrier means no process reads the directory before they are.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:
+    fn()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(barrier)
 
 
 class Checkpoints:
@@ -126,10 +145,12 @@ class Checkpoints:
         preservation_policy=policies.AnyPreservationPolicy(keep_policies), best_fn=best if track_best else None,
         best_mode='min', create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
-    for step_dir in _step_dirs(self.directory).values():
-      self._add_model_config(step_dir)  # a run killed between commit and this file
+    # A run killed between commit and this file.
+    _on_lead_process(lambda: [self._add_model_config(d) for d in _step_dirs(self.directory).values()],
+                     'raftdvc_jax_checkpoint_model_configs')
 
   def _add_model_config(self, step_dir: str) -> None:
+    """Process 0's job (callers go through _on_lead_process): on shared storage the others see its file."""
     if os.path.isdir(step_dir) and not os.path.isfile(os.path.join(step_dir, MODEL_CONFIG)):
       atomic.write_json(os.path.join(step_dir, MODEL_CONFIG), self.model_config)
 
@@ -151,7 +172,8 @@ class Checkpoints:
                               meta=ocp.args.JsonSave(dict(meta)))
     self.manager.save(step, args=args, metrics=None if metrics is None else dict(metrics), force=True)
     self.manager.wait_until_finished()
-    self._add_model_config(os.path.join(self.directory, str(step)))
+    _on_lead_process(lambda: self._add_model_config(os.path.join(self.directory, str(step))),
+                     f'raftdvc_jax_checkpoint_saved_{step}')
 
   def restore(self, template, step: int | None = None):
     """(state, meta) of `step` (default latest), with the shapes, dtypes and shardings of `template`."""
@@ -191,8 +213,9 @@ class Checkpoints:
       except ValueError as e:
         errors.append((step, e))
         continue
-      for bad, e in errors:
-        self._set_aside(bad, e)
+      if errors:  # every process restored the same step; one of them moves the damaged ones
+        _on_lead_process(lambda: [self._set_aside(bad, e) for bad, e in errors], 'raftdvc_jax_checkpoint_aside')
+        self.manager.reload()
       return restored
     if errors:
       raise errors[0][1]
@@ -205,7 +228,6 @@ class Checkpoints:
     shutil.move(os.path.join(self.directory, str(step)), target)
     log.warning('skipped checkpoint step %d: %s; moved it to %s and resumed from an older step', step,
                 str(error).split(': ', 1)[-1], target)
-    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
