@@ -25,7 +25,8 @@ def test_the_configs_exist():
   assert {os.path.basename(p) for p in CONFIGS} >= {'raftdvc.py', 'volraft.py', 'smoke.py', 's4_starter.py'}
 
 
-ARGS = {'raftdvc.py': ('s2', 's4', 's8'), 's4_starter.py': ('translation', 'mix', 'gpu')}
+ARGS = {'raftdvc.py': ('s2', 's4', 's8'), 's4_starter.py': ('translation', 'mix', 'gpu'),
+        's8_starter.py': ('translation', 'mix')}
 VARIANTS = [(p, arg) for p in CONFIGS for arg in ARGS.get(os.path.basename(p), (None,))]
 
 

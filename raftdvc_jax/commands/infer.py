@@ -159,7 +159,10 @@ def run() -> None:
   which = mode()
   tiling.parse_tile(_TILE.value)
   strategies.resolve(_STRATEGY.value, overlap=_OVERLAP.value)
-  for path in (_CHECKPOINT.value, _COARSE.value, _VOL0.value, _VOL1.value, _MASK.value, _DATA_DIR.value):
+  for path in (_CHECKPOINT.value, _COARSE.value):
+    if path is not None and not (which == 'demo' and path == 'random'):
+      weights.check(path)  # a path, or the name of shipped weights (s4-starter)
+  for path in (_VOL0.value, _VOL1.value, _MASK.value, _DATA_DIR.value):
     if path is not None and not os.path.exists(path):
       raise FileNotFoundError(f'{path}: no such file or directory')
   if which == 'single':

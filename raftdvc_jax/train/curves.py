@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Iterable, Mapping
 
+log = logging.getLogger(__name__)
 
-def read_metrics(path) -> list[dict[str, Any]]:
-  """The records of a metrics.jsonl file (or of WORKDIR/metrics.jsonl), in order."""
+
+def read_metrics(path, allow_empty: bool = False) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl file (or of WORKDIR/metrics.jsonl), in order.
+
+  A last line with no newline that does not parse is a record cut short by a kill (the loop writes each
+  record and its newline at once) and is left out; any other line that does not parse is an error.
+  """
   path = os.fspath(path)
   if os.path.isdir(path):
     path = os.path.join(path, 'metrics.jsonl')
   records = []
   with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except ValueError as e:
-          raise ValueError(f'{path}:{number}: not a JSON record ({e})') from None
-  if not records:
+    lines = f.readlines()
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except ValueError as e:
+        if number == len(lines) and not line.endswith('\n'):
+          log.info('%s:%d: left out a record cut short by a kill', path, number)
+          continue
+        raise ValueError(f'{path}:{number}: not a JSON record ({e})') from None
+  if not records and not allow_empty:
     raise ValueError(f'{path}: no records')
   return records
 

@@ -8,14 +8,12 @@ from typing import Any, Mapping
 
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.train import checkpoint as ckpt_lib
+from raftdvc_jax.train import curves
 
 
 def _records(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return curves.read_metrics(path, allow_empty=True) if os.path.isfile(path) else []
 
 
 def _train_data(workdir: str) -> dict[str, Any] | None:

@@ -34,6 +34,14 @@ def resolve(path) -> str:
   return directory(path)
 
 
+def check(path) -> None:
+  """Raises FileNotFoundError, in one line, unless `path` exists or names shipped weights."""
+  path = os.fspath(path)
+  if not os.path.exists(path) and path not in NAMES:
+    raise FileNotFoundError(f'{path}: no such file or directory, nor shipped weights (shipped: {", ".join(NAMES)})')
+  resolve(path)  # a shipped name whose files are missing from this installation says so
+
+
 def describe() -> str:
   """'name: description' lines of every shipped weight, for --help."""
   return '; '.join(f'{name}: {text}' for name, text in NAMES.items())
