@@ -59,10 +59,15 @@ def sample(vol: torch.Tensor, coords: torch.Tensor, sampler: str = 'exact') -> t
   return out.permute(0, 1, 3, 4, 2)
 
 
-def coords_grid(batch: int, size) -> torch.Tensor:
-  """(B,3,n0,n1,n2) float32 grid whose channel c is the index along axis c."""
-  axes = [torch.arange(n, dtype=torch.float32) for n in size]
+def coords_grid(batch: int, size, dtype=torch.float32) -> torch.Tensor:
+  """(B,3,n0,n1,n2) grid (float32 unless given) whose channel c is the index along axis c."""
+  axes = [torch.arange(n, dtype=dtype) for n in size]
   return torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=0)[None].repeat(batch, 1, 1, 1, 1)
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+  """RAFT-DVC's .float() (the correlation in float32 under fp16 autocast), keeping a float64 model float64."""
+  return x if x.dtype == torch.float64 else x.float()
 
 
 class CorrBlockRef:
@@ -92,7 +97,7 @@ class CorrBlockRef:
     for level, corr in enumerate(self.pyramid):
       window = sample(corr, centroid / 2**level + delta, self.sampler)
       out.append(window.reshape(b, h, w, d, -1))
-    return torch.cat(out, dim=-1).permute(0, 4, 1, 2, 3).contiguous().float()
+    return at_least_float32(torch.cat(out, dim=-1).permute(0, 4, 1, 2, 3).contiguous())
 
 
 # ----------------------------------------------------------------------------------------------- encoders
@@ -297,11 +302,12 @@ def _forward(cfg, fnet, cnet, update_block, vol0, vol1, iters, flow_init, test_m
   vol0, vol1 = normalize_pair(vol0, vol1)
   batch, size = vol0.shape[0], tuple(vol0.shape[2:])
   fmap0, fmap1 = torch.split(fnet(torch.cat([vol0, vol1], dim=0)), [batch, batch], dim=0)
-  corr_fn = CorrBlockRef(fmap0.float(), fmap1.float(), cfg['corr_levels'], cfg['corr_radius'], cfg['sampler'])
+  corr_fn = CorrBlockRef(at_least_float32(fmap0), at_least_float32(fmap1), cfg['corr_levels'], cfg['corr_radius'],
+                         cfg['sampler'])
   net, ctx = torch.split(cnet(vol0), [cfg['hidden_dim'], cfg['context_dim']], dim=1)
   net, ctx = torch.tanh(net), torch.relu(ctx)
   stride = ENCODERS[cfg['encoder_type']][3]
-  coords0 = coords_grid(batch, [math.ceil(n / stride) for n in size])
+  coords0 = coords_grid(batch, [math.ceil(n / stride) for n in size], at_least_float32(fmap0).dtype)
   if coords0.shape[2:] != fmap0.shape[2:]:
     raise ValueError(f'feature grid {tuple(fmap0.shape[2:])} != flow grid {tuple(coords0.shape[2:])}')
   coords1 = coords0.clone()

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from raftdvc_jax.model import corr_fast, corr_local
+from raftdvc_jax.model.layers import at_least_float32
 from raftdvc_jax.model.samplers import SAMPLER_AXES, has_rescale, sample_positions, window_offsets
 
 _HP = jax.lax.Precision.HIGHEST
@@ -55,8 +56,8 @@ CORR_METHODS = ('auto', 'allpairs', 'local')
 def all_pairs(fmap0, fmap1):
   """corr[b, p, q] = <fmap0[b, p], fmap1[b, q]> / sqrt(C) in float32, as (B, N, X0, X1, X2) over targets q."""
   b, *spatial, c = fmap0.shape
-  f0 = fmap0.reshape(b, -1, c).astype(jnp.float32)
-  f1 = fmap1.reshape(b, -1, c).astype(jnp.float32)
+  f0 = at_least_float32(fmap0.reshape(b, -1, c))
+  f1 = at_least_float32(fmap1.reshape(b, -1, c))
   corr = jnp.einsum('bpc,bqc->bpq', f0, f1, precision=_HP) / jnp.sqrt(jnp.float32(c))
   return corr.reshape(b, f0.shape[1], *spatial)
 
@@ -116,7 +117,7 @@ class AllPairsCorr:
 
   def __call__(self, coords):
     b, *spatial, _ = coords.shape
-    centroid = coords.reshape(b, -1, 3).astype(jnp.float32)
+    centroid = at_least_float32(coords.reshape(b, -1, 3))
     out = [lookup_level(level, centroid / 2**i, self.radius, self.sampler, self.method)
            for i, level in enumerate(self.levels)]
     out = jnp.stack(out, axis=2)  # (B, N, L, K, K, K)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from raftdvc_jax.model.config import ENCODERS
-from raftdvc_jax.model.layers import KAIMING_FAN_OUT, Conv3d, Dtype, norm_layer, resize_trilinear
+from raftdvc_jax.model.layers import KAIMING_FAN_OUT, Conv3d, Dtype, at_least_float32, norm_layer, resize_trilinear
 
 LAYER_PLANES = (32, 64, 96)
 
@@ -57,7 +57,7 @@ class Encoder(nn.Module):
                             name=f'layer{i}_{j}')(x)
     x = Conv3d(self.output_dim, 1, dtype=self.dtype, kernel_init=KAIMING_FAN_OUT, name='conv2')(x)
     if upsample:  # '1/1-shallow-up': parameter-free x2 trilinear upsampling of the stride-2 features
-      x = resize_trilinear(x.astype(jnp.float32), [2 * n for n in x.shape[1:4]]).astype(x.dtype)
+      x = resize_trilinear(at_least_float32(x), [2 * n for n in x.shape[1:4]]).astype(x.dtype)
     return x
 
 

@@ -20,6 +20,12 @@ KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 TORCH_DEFAULT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
+def at_least_float32(x):
+  """x in float32, or kept in float64: correlation and coordinates never run in bf16, and a float64 model
+  (the parity tests' exact reference) stays float64."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
   return tuple(v) if isinstance(v, Sequence) else (v, v, v)
 
@@ -142,16 +148,17 @@ def norm_layer(kind: str, channels: int, name: str, train: bool = False, dtype: 
   raise ValueError(f'unknown norm {kind!r}')
 
 
-def interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+def interp_matrix(n_out: int, n_in: int, dtype=np.float32) -> np.ndarray:
   """(n_out, n_in) weights of 1-D linear interpolation with align_corners=True."""
   scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
   src = np.arange(n_out, dtype=np.float64) * scale
-  return np.maximum(0.0, 1.0 - np.abs(src[:, None] - np.arange(n_in)[None, :])).astype(np.float32)
+  return np.maximum(0.0, 1.0 - np.abs(src[:, None] - np.arange(n_in)[None, :])).astype(dtype)
 
 
 def resize_trilinear(x, size: Sequence[int]):
   """Trilinear align_corners=True resize of (B, X0, X1, X2, C) to spatial `size`, as separable matmuls."""
-  m0, m1, m2 = (jnp.asarray(interp_matrix(o, i)) for o, i in zip(size, x.shape[1:4]))
+  dtype = np.float64 if x.dtype == jnp.float64 else np.float32
+  m0, m1, m2 = (jnp.asarray(interp_matrix(o, i, dtype)) for o, i in zip(size, x.shape[1:4]))
   hp = jax.lax.Precision.HIGHEST
   x = jnp.einsum('ai,bijkc->bajkc', m0, x, precision=hp)
   x = jnp.einsum('bj,aijkc->aibkc', m1, x, precision=hp)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from raftdvc_jax.model.config import ModelConfig
 from raftdvc_jax.model.corr import AllPairsCorr
 from raftdvc_jax.model.encoder import ContextEncoder, Encoder
-from raftdvc_jax.model.layers import Dtype, resize_trilinear
+from raftdvc_jax.model.layers import Dtype, at_least_float32, resize_trilinear
 from raftdvc_jax.model.update import UpdateBlock
 
 
@@ -36,9 +36,9 @@ def normalize_pair(vol0, vol1):
   return (vol0 - lo) / den, (vol1 - lo) / den
 
 
-def coords_grid(batch: int, shape) -> jax.Array:
+def coords_grid(batch: int, shape, dtype=jnp.float32) -> jax.Array:
   """(B, X0, X1, X2, 3) grid whose channel c is the index along array axis c."""
-  grid = jnp.stack(jnp.meshgrid(*(jnp.arange(n, dtype=jnp.float32) for n in shape), indexing='ij'), -1)
+  grid = jnp.stack(jnp.meshgrid(*(jnp.arange(n, dtype=dtype) for n in shape), indexing='ij'), -1)
   return jnp.broadcast_to(grid, (batch, *shape, 3))
 
 
@@ -48,7 +48,7 @@ def prepare_pair(vol0, vol1):
     raise ValueError(f'volume shapes differ: {vol0.shape} vs {vol1.shape}')
   if vol0.ndim == 4:
     vol0, vol1 = vol0[..., None], vol1[..., None]
-  return normalize_pair(vol0.astype(jnp.float32), vol1.astype(jnp.float32))
+  return normalize_pair(at_least_float32(vol0), at_least_float32(vol1))
 
 
 def feature_encoder(cfg: ModelConfig, train: bool = False, dtype: Dtype | None = None, **kwargs) -> Encoder:
@@ -84,7 +84,7 @@ class _Iteration(UpdateBlock):
     net, coords1, unc = carry
     coords1 = jax.lax.stop_gradient(coords1)  # RAFT: no gradient through the lookup coordinates
     net, delta, unc_low = super().__call__(net, context, corr_fn(coords1), coords1 - coords0)
-    coords1 = coords1 + delta.astype(jnp.float32)
+    coords1 = coords1 + at_least_float32(delta)
     if unc_low is not None:
       unc = unc_low.astype(jnp.float32)
     ys = None
@@ -122,8 +122,8 @@ class RAFTDVC(nn.Module):
     net, context = ContextEncoder(cfg.hidden_dim, cfg.context_dim, cfg.encoder_type, cfg.context_norm,
                                   cfg.volraft, train, self.dtype, name='cnet')(vol0)
 
-    coords0 = coords_grid(batch, grid)
-    coords1 = coords0 if flow_init is None else coords0 + flow_init.astype(jnp.float32)
+    coords0 = coords_grid(batch, grid, vol0.dtype)  # float32 (float64 for a float64 model)
+    coords1 = coords0 if flow_init is None else coords0 + at_least_float32(flow_init)
     unc = None
     if cfg.uncertainty != 'none':
       unc = jnp.zeros((batch, *grid, 3 if cfg.uncertainty == 'nll' else 4), jnp.float32)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from raftdvc_jax.model.corr import all_pairs
-from raftdvc_jax.model.layers import resize_trilinear
+from raftdvc_jax.model.layers import at_least_float32, resize_trilinear
 from raftdvc_jax.model.raft import coords_grid
 
 COMPONENTS = ('sum', 'mean')
@@ -45,7 +45,7 @@ def sequence_loss(flows, gt, gamma: float = 0.8, valid=None, components: str = '
   if components not in COMPONENTS:
     raise ValueError(f'components must be one of {COMPONENTS}, got {components!r}')
   n = flows.shape[0]
-  err = jnp.abs(flows.astype(jnp.float32) - gt.astype(jnp.float32)[None])
+  err = jnp.abs(at_least_float32(flows) - at_least_float32(gt)[None])
   err = err.sum(-1) if components == 'sum' else err.mean(-1)
   if valid is not None:
     err = err * valid[None]
