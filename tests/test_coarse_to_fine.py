@@ -119,3 +119,36 @@ def test_params_and_flow_init_reach_the_function_in_order():
                          params={'gain': np.float32(2.0)}, init_stride=stride,
                          flow_init_fn=coarse_to_fine.flow_init_fn(coarse, stride))
   np.testing.assert_allclose(flow, 2.0 * coarse + 1.0, atol=2e-4)
+
+
+class _CoarseStandIn:
+  """A coarse arm whose flow is given: what Pipeline.estimate reads of a coarse FlowEstimator."""
+
+  def __init__(self, flow):
+    self.flow = flow
+
+  def tiled(self, vol0, vol1, **kwargs):
+    return self.flow, {'tiles': 1}
+
+
+@pytest.mark.parametrize('volraft', [False, True], ids=['raftdvc', 'volraft'])
+def test_pipeline_hands_the_coarse_flow_to_a_fine_arm_of_either_kind(volraft):
+  """A fine arm that does not move (a zero flow head) returns the coarse flow it starts from: the hand-over
+  undoes the model's whole upsampling, including VolRAFT's x8 (ModelConfig.flow_scale)."""
+  from raftdvc_jax.infer.demo import random_variables  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.infer.estimator import FlowEstimator  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.infer.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  config = ModelConfig(encoder_type='1/8', feature_dim=16, hidden_dim=16, context_dim=16, corr_levels=2,
+                       corr_radius=2, iters=1, gru='conv' if volraft else 'sep',
+                       sampler='volraft' if volraft else 'exact', volraft=volraft)
+  assert config.flow_scale == (8.0 if volraft else 1.0)
+  variables = random_variables(config)
+  head = variables['params']['update_block']['flow_head']['conv2']
+  head['kernel'], head['bias'] = np.zeros_like(head['kernel']), np.zeros_like(head['bias'])
+  shape = (33, 33, 33)  # feature nodes on voxels: the hand-over is exact for any flow
+  coarse = linear_flow(shape)
+  vol = np.random.default_rng(0).random(shape, np.float32)
+  pipe = Pipeline(FlowEstimator(config, variables), _CoarseStandIn(coarse), tile=0, iters=1)
+  flow, _ = pipe.estimate(vol, vol)
+  np.testing.assert_allclose(flow, coarse, atol=1e-4)

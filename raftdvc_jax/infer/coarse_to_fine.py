@@ -3,7 +3,8 @@
 The model upsamples its feature-grid flow with align_corners=True trilinear interpolation (feature voxel i of
 an axis of n voxels and h = ceil(n / s) feature voxels sits at voxel i * (n - 1) / (h - 1)) and scales it by
 n / h (= s when s divides n). The hand-over inverts that: sample the full-resolution flow at those positions
-(linear interpolation between voxels) and divide by n / h, giving displacements in fine feature voxels, which
+(linear interpolation between voxels) and divide by n / h and by the model's flow scale (8 for VolRAFT, whose
+upflow8 multiplies by 8 on top; ModelConfig.flow_scale), giving displacements in fine feature voxels, which
 the model adds to its starting coordinates unchanged. It returns a model's own feature-grid flow exactly when
 the nodes fall on voxels (n = s k + 1) or the flow is linear, and to interpolation accuracy otherwise.
 """
@@ -35,10 +36,11 @@ def _lerp_axis(a: np.ndarray, axis: int, pos: np.ndarray) -> np.ndarray:
   return np.take(a, lo, axis) * (1 - frac) + np.take(a, hi, axis) * frac
 
 
-def to_feature_grid(flow: np.ndarray, stride: int) -> np.ndarray:
+def to_feature_grid(flow: np.ndarray, stride: int, flow_scale: float = 1.0) -> np.ndarray:
   """Resamples a full-resolution flow (3, X0, X1, X2) to the feature grid of `stride`, in feature voxels.
 
-  Returns (h0, h1, h2, 3), channel-last as the model takes flow_init, with h = ceil(X / stride).
+  Returns (h0, h1, h2, 3), channel-last as the model takes flow_init, with h = ceil(X / stride); flow_scale
+  is the fine model's ModelConfig.flow_scale.
   """
   flow = np.asarray(flow, np.float32)
   if flow.ndim != 4 or flow.shape[0] != 3:
@@ -48,21 +50,22 @@ def to_feature_grid(flow: np.ndarray, stride: int) -> np.ndarray:
   out = flow
   for axis, (n, h) in enumerate(zip(size, grid)):
     out = _lerp_axis(out, axis + 1, grid_positions(n, h))
-  scale = np.asarray([h / n for n, h in zip(size, grid)], np.float32)  # inverse of the model's n / h
+  scale = np.asarray([h / n / flow_scale for n, h in zip(size, grid)], np.float32)  # inverse of the model's
   return np.ascontiguousarray(np.moveaxis(out, 0, -1) * scale)
 
 
-def flow_init_fn(coarse_flow, stride: int) -> Callable[[Sequence[int], Sequence[int]], np.ndarray]:
+def flow_init_fn(coarse_flow, stride: int, flow_scale: float = 1.0
+                 ) -> Callable[[Sequence[int], Sequence[int]], np.ndarray]:
   """A per-tile flow_init for the fine arm: (origin, tile) -> (h0, h1, h2, 3) in the tile's feature voxels.
 
   coarse_flow is the coarse arm's full-resolution flow (3, X0, X1, X2) (an array or memory map); each tile
-  gets the crop under it, resampled to its own feature grid.
+  gets the crop under it, resampled to its own feature grid. stride and flow_scale are the fine model's.
   """
   if len(coarse_flow.shape) != 4 or coarse_flow.shape[0] != 3:
     raise ValueError(f'expected a coarse flow (3, X0, X1, X2), got shape {tuple(coarse_flow.shape)}')
 
   def fn(origin, tile):
     index = (slice(None),) + tuple(slice(o, o + t) for o, t in zip(origin, tile))
-    return to_feature_grid(np.asarray(coarse_flow[index], np.float32), stride)
+    return to_feature_grid(np.asarray(coarse_flow[index], np.float32), stride, flow_scale)
 
   return fn

@@ -136,7 +136,7 @@ class Pipeline:
     if self.coarse is not None:
       coarse, summary = self.coarse.tiled(vol0, vol1, **kwargs)
       summaries.append(summary)
-      init_fn = coarse_to_fine.flow_init_fn(coarse, self.fine.config.stride)
+      init_fn = coarse_to_fine.flow_init_fn(coarse, self.fine.config.stride, self.fine.config.flow_scale)
     flow, summary = self.fine.tiled(vol0, vol1, flow_init_fn=init_fn, **kwargs)
     summaries.append(summary)
     return flow, summaries

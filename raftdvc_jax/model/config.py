@@ -78,6 +78,12 @@ class ModelConfig:
     return enc.conv1_stride * math.prod(enc.layer_strides) // (2 if enc.upsample else 1)
 
   @property
+  def flow_scale(self) -> float:
+    """Factor the upsampled flow is multiplied by on top of the size ratio: 8 for VolRAFT (its upflow8
+    scales by 8 whatever the stride; RAFTDVCConfig-converted VolRAFT weights expect it), else 1."""
+    return 8.0 if self.volraft else 1.0
+
+  @property
   def corr_channels(self) -> int:
     return self.corr_levels * (2 * self.corr_radius + 1) ** 3
 

@@ -127,7 +127,7 @@ class RAFTDVC(nn.Module):
     unc = None
     if cfg.uncertainty != 'none':
       unc = jnp.zeros((batch, *grid, 3 if cfg.uncertainty == 'nll' else 4), jnp.float32)
-    extra_scale = 8.0 if cfg.volraft else 1.0  # VolRAFT's upflow8 multiplies by 8 on top of the size ratio
+    extra_scale = cfg.flow_scale  # VolRAFT's upflow8 multiplies by 8 on top of the size ratio
 
     step = nn.remat(_Iteration, prevent_cse=False) if self.remat else _Iteration
     scan = nn.scan(step, variable_broadcast='params', split_rngs={'params': False},
