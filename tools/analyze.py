@@ -29,7 +29,7 @@ _FORMATS = flags.DEFINE_string('formats', ','.join(run.DEFAULT_FORMATS),
                                f'Comma-separated outputs from {{{",".join(run.FORMATS)}}}; strain.npz is '
                                'always written.')
 _FIGURES = flags.DEFINE_bool('figures', False, 'Write DIR/report.png: slice panels of |u|, u and strain.')
-_MASK = flags.DEFINE_string('mask', None, 'Volume (X0, X1, X2), nonzero where the field is analysed; '
+_MASK = flags.DEFINE_string('mask', None, 'Volume (X0, X1, X2), >= 0.5 where the field is analysed; '
                             'gradients never reach across its edge and fields are NaN outside it.')
 _WINDOW = flags.DEFINE_integer('window', 0, 'Gradient: 0 = central differences (one-sided at borders); an '
                                'odd w >= 3 = least-squares plane (Savitzky-Golay) fit over w^3 voxels.',

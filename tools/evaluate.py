@@ -7,7 +7,7 @@ step directory WORKDIR/checkpoints/<step>, a converted directory or a RAFT-DVC /
 --data: RAFT-DVC .npz samples (I1, I2, flow [, mask, metadata]) or vol0/ vol1/ flow/ [mask/] folders of .npy,
 optionally in a --split subdirectory. Writes OUTPUT/metrics.csv (one row per sample: name, mean and max EPE,
 mean |u|, deformation type) and OUTPUT/summary.json (mean, std, median, p90, p99, min, max of the per-sample
-mean EPE, and the mean per deformation type). Where a sample has a mask, only voxels with mask >= 0.5 count.
+mean EPE, and the mean per deformation type). Where a sample has a mask, only voxels inside it count (>= 0.5, raftdvc_jax.data.masks).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import io as std_io
 import os
 
 from absl import flags
+
+from raftdvc_jax.data import masks
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Run directory, step directory, converted directory or .pth.')
 _DATA = flags.DEFINE_string('data', None, 'Dataset directory with ground truth.')
@@ -84,7 +86,7 @@ def evaluate(estimator, root: str, iters: int | None = None, max_samples: int | 
     epe = metrics.endpoint_error(pred, s['flow'])
     mag = np.sqrt(np.sum(np.square(s['flow'], dtype=np.float64), axis=0))
     if 'mask' in s:
-      keep = s['mask'] >= 0.5
+      keep = masks.inside(s['mask'])
       if not keep.any():
         raise ValueError(f'{os.path.join(root, name)}: the mask selects no voxel')
       epe, mag = epe[keep], mag[keep]

@@ -76,7 +76,7 @@ def analyze(flow, output_dir, voxel_size=(1.0, 1.0, 1.0), unit: str = 'voxel',
   """Computes F and the strain measures of flow (3, X0, X1, X2) (voxels; may be memory-mapped) and writes
   OUTPUT_DIR/strain.npz, metadata.json and each requested format; returns {name: path} of what it wrote.
 
-  voxel_size is per array axis, in `unit`. mask (X0, X1, X2): nonzero = analysed; NaN elsewhere.
+  voxel_size is per array axis, in `unit`. mask (X0, X1, X2): >= 0.5 = analysed (data.masks); NaN elsewhere.
   """
   formats = parse_formats(formats)
   voxel_size = meta.parse_voxel_size(voxel_size)

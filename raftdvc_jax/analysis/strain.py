@@ -19,6 +19,7 @@ import numpy as np
 
 from raftdvc_jax.analysis import gradient
 from raftdvc_jax.analysis import tensors
+from raftdvc_jax.data import masks
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def compute(flow, voxel_size, options: StrainOptions = StrainOptions(), mask=Non
             planes: int | None = None, budget_bytes: int = 1 << 30):
   """Computes every field of a flow (3, X0, X1, X2) in voxels, slab by slab.
 
-  voxel_size: (h0, h1, h2) per array axis. mask: optional (X0, X1, X2), nonzero = valid; fields are NaN
+  voxel_size: (h0, h1, h2) per array axis. mask: optional (X0, X1, X2), >= 0.5 = valid (data.masks); fields are NaN
   outside it and stencils never reach across it. flow and mask may be memory-mapped: only one slab (with
   its halo) is read at a time. With sink, sink(start, stop, fields) receives each slab's numpy fields
   (planes start:stop of axis 0) and nothing is kept; without it, a dict of whole numpy arrays is returned.
@@ -167,7 +168,7 @@ def compute(flow, voxel_size, options: StrainOptions = StrainOptions(), mask=Non
     m_buf[:] = False
     at = lo - (start - h)
     u_buf[:, at:at + hi - lo] = np.asarray(flow[:, lo:hi], np.float32)
-    m_buf[at:at + hi - lo] = True if mask is None else (np.asarray(mask[lo:hi]) != 0)
+    m_buf[at:at + hi - lo] = True if mask is None else masks.inside(mask[lo:hi])
     fields = jax.device_get(fn(u_buf, m_buf, h_dev))
     sink(start, stop, {k: v[..., :stop - start, :, :] for k, v in fields.items()})
   return out

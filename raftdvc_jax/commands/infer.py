@@ -37,8 +37,8 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Shipped weights by name, 
 _VOL0 = flags.DEFINE_string('vol0', None, 'Reference volume (.npy, .npz, .tif, .h5 or a folder of .tif slices).')
 _VOL1 = flags.DEFINE_string('vol1', None, 'Deformed volume, same shape as --vol0.')
 _OUTPUT = flags.DEFINE_string('output', None, f'Flow file to write with --vol0/--vol1 ({", ".join(FORMATS)}).')
-_MASK = flags.DEFINE_string('mask', None, 'Optional volume, nonzero where the flow is wanted: tiles holding no '
-                            'mask voxel are skipped and the flow is 0 outside the mask.')
+_MASK = flags.DEFINE_string('mask', None, 'Optional volume, >= 0.5 where the flow is wanted (0/1, 0/255 or soft '
+                            'masks): tiles with no voxel inside are skipped and the flow is 0 outside.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Batch mode: a folder of pairs (vol0/ and vol1/ [mask/] '
                                 'folders, NAME_vol0.* / NAME_vol1.* files, or NAME.npz holding I1 and I2).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Batch mode: where NAME_flow.<--output_format> go.')

@@ -11,6 +11,7 @@ import numpy as np
 
 from raftdvc_jax import metrics
 from raftdvc_jax.data import io
+from raftdvc_jax.data import masks
 from raftdvc_jax.data import synthetic
 
 # Synthetic pair per arm stride: bead radius, density and displacement band of the data that arm was trained on.
@@ -50,7 +51,7 @@ def epe_stats(flow: np.ndarray, truth: np.ndarray, mask=None) -> dict:
   epe = metrics.endpoint_error(flow, truth)
   mag = metrics.endpoint_error(truth, np.zeros_like(truth))
   if mask is not None:
-    keep = np.asarray(mask).astype(bool)
+    keep = masks.inside(mask)
     epe, mag = epe[keep], mag[keep]
   return {'epe_mean': float(epe.mean()), 'epe_median': float(np.median(epe)),
           'epe_p95': float(np.percentile(epe, 95)), 'epe_max': float(epe.max()),

@@ -18,6 +18,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from raftdvc_jax.data import masks
+
 BLENDS = ('gaussian', 'cosine', 'uniform')
 # Host work over whole volumes (normalising the blend) goes this many bytes at a time, so a volume larger
 # than memory streams through the memory-mapped accumulators.
@@ -84,10 +86,10 @@ class TilePlan:
     return tuple(slice(o, o + t) for o, t in zip(origin, self.tile))
 
   def select(self, mask=None) -> list[tuple[int, int, int]]:
-    """Origins of the tiles that hold at least one mask voxel (all tiles when mask is None)."""
+    """Origins of the tiles that hold at least one voxel inside the mask (all tiles when mask is None)."""
     if mask is None:
       return self.origins
-    return [o for o in self.origins if np.any(np.asarray(mask[self.slices(o)]))]
+    return [o for o in self.origins if np.any(masks.inside(mask[self.slices(o)]))]
 
 
 def plan_tiles(shape: Sequence[int], tile=0, overlap: float = 0.5, min_size: int = 1) -> TilePlan:
@@ -238,7 +240,7 @@ class Stitcher:
       w = np.asarray(self.weight[block])
       covered = w > 0
       if mask is not None:
-        covered &= np.asarray(mask[block]).astype(bool)
+        covered &= masks.inside(mask[block])
       f = np.asarray(self.flow[:, block])
       self.flow[:, block] = np.where(covered, f / np.where(covered, w, 1.0), 0.0)
     if isinstance(self.flow, np.memmap):

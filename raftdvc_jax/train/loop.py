@@ -30,6 +30,7 @@ import optax
 from jax.sharding import Mesh
 
 from raftdvc_jax import atomic
+from raftdvc_jax.data import masks
 from raftdvc_jax import metrics as metrics_lib
 from raftdvc_jax import progress as progress_lib
 from raftdvc_jax.data import synthetic
@@ -165,7 +166,7 @@ def evaluate(eval_step, variables, samples, batch_size: int, mesh) -> dict[str, 
     epe = np.asarray(epe)[:real]
     still = np.sqrt(np.sum(np.square(batch['flow'][:real].astype(np.float64)), axis=1))  # EPE of no motion
     if 'mask' in batch:
-      keep = batch['mask'][:real] >= 0.5
+      keep = masks.inside(batch['mask'][:real])
       epe, still = epe[keep], still[keep]
     errors.append(epe.ravel())
     zero.append(still.ravel())

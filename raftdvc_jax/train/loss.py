@@ -10,6 +10,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 
+from raftdvc_jax.data import masks
 from raftdvc_jax.model.corr import all_pairs
 from raftdvc_jax.model.layers import at_least_float32, resize_trilinear
 from raftdvc_jax.model.raft import coords_grid
@@ -26,7 +27,7 @@ def valid_mask(gt, mask=None, max_flow: float | None = None):
   """(..., X0, X1, X2) float mask: `mask` (>= 0.5 counts), and |gt|_2 < max_flow when given; None if neither."""
   valid = None
   if mask is not None:
-    valid = (mask >= 0.5)
+    valid = masks.inside(mask)
   if max_flow is not None and max_flow > 0:
     small = jnp.sqrt(jnp.sum(jnp.square(gt), axis=-1)) < max_flow
     valid = small if valid is None else valid & small
