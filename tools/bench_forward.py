@@ -1,11 +1,15 @@
 """Forward and one training step of a RAFT-DVC arm, JAX against the PyTorch reference, on the same cores.
 
-  python tools/bench_forward.py --preset s4 --size 64 --iters 12            # both frameworks
+  python tools/bench_forward.py --preset s4 --size 64 --iters 12 --what forward --repeats 5   # the ratio
+  python tools/bench_forward.py --preset s4 --size 48 --iters 12 --what train --repeats 5
+  python tools/bench_forward.py --mode separate            # peak memory: each framework in its own process
   python tools/bench_forward.py --framework jax --dtype bfloat16             # JAX only, bf16 compute
 
-Each framework runs in its own process so that its peak memory (max RSS) is its own. Timings are medians
-of --repeats runs after one warm-up; JAX compile time is reported separately. Results print as JSON lines
-and a Markdown table for docs/performance.md.
+--mode alternate (the default) builds both frameworks in one process and runs them in turn, JAX then
+PyTorch, --repeats rounds after one warm-up each, so both see the same machine; it prints each side's
+median and range and the median and range of the per-round ratios. --mode separate runs each framework
+and measurement in its own process, so that its peak memory (max RSS) is its own, and reports medians.
+JAX compile time is reported separately. Pause other work on the machine while timing.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ flags.DEFINE_enum('framework', 'both', ['both', 'jax', 'torch'], 'Which implemen
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'JAX compute dtype of the convolutions.')
 flags.DEFINE_string('corr_method', 'auto', 'JAX correlation lookup formulation.')
 flags.DEFINE_enum('what', 'both', ['both', 'forward', 'train'], 'Forward, training step, or both.')
+flags.DEFINE_enum('mode', 'alternate', ['alternate', 'separate'], 'Both frameworks alternated in one process '
+                  '(ratios), or each in its own process (peak memory).')
 
 
 def _peak_mb() -> float:
@@ -52,8 +58,8 @@ def _inputs(batch, size, seed=0):
   return stack('I1'), stack('I2'), stack('flow')
 
 
-def run_jax(what):
-  """Times the Flax model; returns a dict of results."""
+def build_jax(what):
+  """(info, {'forward'|'train': a callable running one of them}) for the Flax model, compiled."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -69,12 +75,13 @@ def run_jax(what):
   iters = FLAGS.iters
   out = {'framework': 'jax', 'device': jax.devices()[0].device_kind, 'dtype': FLAGS.dtype}
 
+  fns = {}
   if what in ('both', 'forward'):
     forward = jax.jit(lambda v, a, b: model.apply(v, a, b, iters=iters).flow)
     start = time.perf_counter()
-    compiled = forward.lower(variables, vol0, vol1).compile()
+    compiled_forward = forward.lower(variables, vol0, vol1).compile()
     out['forward_compile_s'] = time.perf_counter() - start
-    _, out['forward_s'] = _time(lambda: jax.block_until_ready(compiled(variables, vol0, vol1)), FLAGS.repeats)
+    fns['forward'] = lambda: jax.block_until_ready(compiled_forward(variables, vol0, vol1))
 
   if what in ('both', 'train'):
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(2e-4, weight_decay=5e-5))
@@ -103,13 +110,21 @@ def run_jax(what):
       state[0], state[1], loss = compiled(*state)
       jax.block_until_ready(loss)
 
-    _, out['train_step_s'] = _time(one, FLAGS.repeats)
+    fns['train'] = one
+  return out, fns
+
+
+def run_jax(what):
+  """Times the Flax model; returns a dict of results."""
+  out, fns = build_jax(what)
+  for name, fn in fns.items():
+    _, out['forward_s' if name == 'forward' else 'train_step_s'] = _time(fn, FLAGS.repeats)
   out['peak_rss_mb'] = _peak_mb()
   return out
 
 
-def run_torch(what):
-  """Times the PyTorch reference (tests/torch_reference.py); returns a dict of results."""
+def build_torch(what):
+  """(info, {'forward'|'train': a callable}) for the PyTorch reference (tests/torch_reference.py)."""
   import torch  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.model.config import preset  # pylint: disable=import-outside-toplevel
   from tests import torch_reference as ref  # pylint: disable=import-outside-toplevel
@@ -120,19 +135,20 @@ def run_torch(what):
   vol0, vol1 = vol0[:, None], vol1[:, None]
   iters = FLAGS.iters
   out = {'framework': 'torch', 'device': f'cpu x{torch.get_num_threads()} threads', 'dtype': 'float32'}
+  fns = {}
   if what in ('both', 'forward'):
-    model.eval()
 
     def forward():
+      model.eval()
       with torch.no_grad():
         model(vol0, vol1, iters=iters, test_mode=True)
 
-    _, out['forward_s'] = _time(forward, FLAGS.repeats)
+    fns['forward'] = forward
   if what in ('both', 'train'):
-    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=5e-5)
 
     def step():
+      model.train()
       opt.zero_grad()
       preds = model(vol0, vol1, iters=iters)
       loss = sum(0.8 ** (iters - 1 - i) * (p - flow).abs().sum(1).mean() for i, p in enumerate(preds))
@@ -140,14 +156,41 @@ def run_torch(what):
       torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
       opt.step()
 
-    _, out['train_step_s'] = _time(step, FLAGS.repeats)
+    fns['train'] = step
+  return out, fns
+
+
+def run_torch(what):
+  """Times the PyTorch reference; returns a dict of results."""
+  out, fns = build_torch(what)
+  for name, fn in fns.items():
+    _, out['forward_s' if name == 'forward' else 'train_step_s'] = _time(fn, FLAGS.repeats)
   out['peak_rss_mb'] = _peak_mb()
   return out
 
 
+def alternate(common):
+  """Both frameworks in one process, run in turn; prints each side's median and range and the ratio."""
+  jax_info, jax_fns = build_jax(FLAGS.what)
+  _, torch_fns = build_torch(FLAGS.what)
+  print(f"{FLAGS.preset} {FLAGS.size}^3 x{FLAGS.batch}, {FLAGS.iters} iterations, JAX {FLAGS.dtype} on "
+        f"{jax_info['device']}; {FLAGS.repeats} alternated rounds, median (min-max)")
+  for what in jax_fns:
+    times = benchmark.alternate({'jax': jax_fns[what], 'torch': torch_fns[what]}, FLAGS.repeats)
+    print(json.dumps({**common, 'what': what, 'jax_s': times['jax'], 'torch_s': times['torch'],
+                      'jax_compile_s': jax_info.get(f'{what}_compile_s')}), flush=True)
+    print(f"{what}: JAX {benchmark.spread(times['jax'])}, PyTorch {benchmark.spread(times['torch'])}, "
+          f"JAX speed {benchmark.ratio_spread(times['torch'], times['jax'])} PyTorch's", flush=True)
+
+
 def main(argv):
   del argv
+  from raftdvc_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.quiet_logs()
   common = {'preset': FLAGS.preset, 'size': FLAGS.size, 'iters': FLAGS.iters, 'batch': FLAGS.batch}
+  if FLAGS.framework == 'both' and FLAGS.mode == 'alternate':
+    alternate(common)
+    return
   if FLAGS.framework != 'both':
     result = (run_jax if FLAGS.framework == 'jax' else run_torch)(FLAGS.what)
     print(json.dumps({**common, **result}))
@@ -156,7 +199,7 @@ def main(argv):
   for framework in ('jax', 'torch'):
     for what in (['forward', 'train'] if FLAGS.what == 'both' else [FLAGS.what]):
       # One process per framework and measurement, so that max RSS is that measurement's peak.
-      cmd = [sys.executable, __file__] + [a for a in sys.argv[1:] if not a.startswith(('--framework', '--what'))]
+      cmd = [sys.executable, __file__] + [a for a in sys.argv[1:] if not a.startswith(('--framework', '--what', '--mode'))]
       cmd += [f'--framework={framework}', f'--what={what}']
       line = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout.strip()
       rows.append(json.loads(line.splitlines()[-1]))
