@@ -9,47 +9,26 @@ Importing the package is light; jax is imported when a model is loaded.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Optional
 
 from raftdvc_jax.model.config import ModelConfig
+from raftdvc_jax.version import __version__
 
 if TYPE_CHECKING:
   from raftdvc_jax.infer.estimator import FlowEstimator
 
-__version__ = '0.1.0'
 __all__ = ['FlowEstimator', 'ModelConfig', 'load', 'refine', '__version__']
 
 
 def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
          sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None,
          which: str = 'best') -> 'FlowEstimator':
-  """A FlowEstimator from shipped weights ('s4-starter'), a converted directory or a RAFT-DVC/VolRAFT .pth/.pt.
+  """A FlowEstimator from shipped weights ('s4-starter'), a converted directory, a training run or a .pth/.pt.
 
-  A training run directory loads its `which` step ('best' by validation EPE, or 'latest'), or the newest
-  step that loads when that one is damaged, and logs which. A file is read without executing any
-  code in it and converted in memory (see tools/convert_volraft.py for fmt, volraft_config, encoder_type
-  and sampler). Raises ValueError/OSError with one line naming the file.
+  raftdvc_jax.infer.estimator.load; the path is resolved by raftdvc_jax.convert.resolve.
   """
-  # pylint: disable=import-outside-toplevel
-  from raftdvc_jax.convert import orbax_io
-  from raftdvc_jax.infer.estimator import FlowEstimator as Estimator
-  from raftdvc_jax import weights
-  path = weights.resolve(path)  # a shipped weight name such as 's4-starter', unless such a path exists
-  if os.path.isdir(path):
-    if os.path.isdir(os.path.join(path, 'checkpoints')):  # a training run: its best (or latest) step that loads
-      from raftdvc_jax.train.checkpoint import load_run
-      path, (config, variables, provenance) = load_run(path, which)
-      provenance = dict(provenance, step_dir=path)
-    else:
-      config, variables, provenance = orbax_io.load_variables(path)
-  elif os.path.isfile(path):
-    from raftdvc_jax.convert import sources
-    source = sources.load_source(path, fmt, volraft_config, encoder_type, sampler)
-    config, variables, provenance = source.config, sources.to_variables(source), source.provenance()
-  else:
-    raise FileNotFoundError(f'{path}: no such file or directory')
-  return Estimator(config, variables, corr_method=corr_method, dtype=dtype, provenance=provenance)
+  from raftdvc_jax.infer.estimator import load as load_estimator  # pylint: disable=import-outside-toplevel
+  return load_estimator(path, fmt, volraft_config, encoder_type, sampler, corr_method, dtype, which)
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""Endpoint-error statistics on the host (numpy), shared by training validation and tools/evaluate.py."""
+"""Endpoint-error statistics on the host (numpy), shared by training validation and raftdvc-evaluate."""
 
 from __future__ import annotations
 

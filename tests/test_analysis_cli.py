@@ -1,4 +1,4 @@
-"""tools/analyze.py end to end: the fixed command form, the files it writes, one-line errors."""
+"""raftdvc-analyze end to end: the fixed command form, the files it writes, one-line errors."""
 
 import json
 import os
@@ -10,16 +10,17 @@ import vtk
 from vtk.util import numpy_support
 
 from raftdvc_jax.analysis import spam_tsv
+from tests.scripts import script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'analyze.py')
+
 GRID = (10, 12, 14)
 
 
 def run_tool(*args):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
              JAX_DISABLE_MOST_OPTIMIZATIONS='1')  # tiny volumes: XLA's passes cost more than they save
-  return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, env=env,
+  return subprocess.run([script('raftdvc-analyze'), *map(str, args)], capture_output=True, text=True, env=env,
                         timeout=300)
 
 

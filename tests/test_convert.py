@@ -13,18 +13,15 @@ import torch
 from scipy import ndimage
 
 import raftdvc_jax
-from tests.tool_import import import_tool
+from raftdvc_jax.convert import run as convert_run
+from tests.scripts import script
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.convert import sources
 from raftdvc_jax.model.config import ModelConfig, preset
 
-try:
-  from tests import torch_reference as ref
-except ImportError:
-  import torch_reference as ref
+from raftdvc_jax.reference import torch_raft as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'convert_volraft.py')
 SIZE = (16, 24, 20)         # stride <= 4: feature grids 8x12x10 / 4x6x5
 VOLRAFT_SIZE = (32, 40, 48)  # stride 8 with two levels: 4x5x6 and 2x2x3
 ITERS = 2
@@ -372,7 +369,7 @@ def test_save_is_atomic(tmp_path, s4_file):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  return subprocess.run([script('raftdvc-convert'), *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 def test_cli_refuses_hostile_and_broken_files(tmp_path, s4_file, s4_model):
@@ -424,18 +421,13 @@ def test_cli_converts(tmp_path, volraft_small):
   assert run.returncode == 0 and '--[no]overwrite' in run.stdout
 
 
-def _tool_module():
-  return import_tool('convert_volraft')
-
-
-def test_verify_compares_with_pytorch(tmp_path, volraft_small, capsys):
+def test_verify_compares_with_pytorch(tmp_path, volraft_small):
   # --verify's check, in-process (the CLI runs it on the temporary directory before committing it).
-  tool = _tool_module()
+  tool = convert_run
   path = write_volraft_upstream(str(tmp_path), volraft_small, VOLRAFT_SMALL)
   source = sources.load_source(path)
   out = orbax_io.save(str(tmp_path / 'ok'), source.config, sources.to_variables(source))
-  assert tool.verify(out, source, VOLRAFT_SIZE, ITERS, seed=0)
-  assert ': ok' in capsys.readouterr().err
+  assert tool.verify(out, source, VOLRAFT_SIZE, ITERS, seed=0).endswith(': ok')
   # Weights that differ from the source's fail the check.
   other = reference(VOLRAFT_SMALL, seed=9)
   wrong = sources.Source(path, 'volraft', VOLRAFT_SMALL, {k: v.numpy() for k, v in other.state_dict().items()})

@@ -8,7 +8,7 @@ import torch
 
 from raftdvc_jax.model import corr
 from raftdvc_jax.model.samplers import has_rescale
-from tests import torch_reference as ref
+from raftdvc_jax.reference import torch_raft as ref
 
 METHODS = ('reference', 'separable', 'slab')
 SHAPE = (8, 12, 16)  # non-cubic, so a transposed axis cannot pass by accident

@@ -1,4 +1,4 @@
-"""tools/evaluate.py: per-sample and summary endpoint errors of a checkpoint over a dataset with ground truth."""
+"""raftdvc-evaluate (raftdvc_jax.infer.evaluate): per-sample and summary endpoint errors of a checkpoint over a dataset with ground truth."""
 
 import csv
 import json
@@ -11,7 +11,9 @@ import pytest
 
 import jax
 
-from tests.tool_import import import_tool
+import raftdvc_jax
+from raftdvc_jax.infer import evaluate
+from tests.scripts import script
 from raftdvc_jax.convert import orbax_io
 from raftdvc_jax.data import io as data_io
 from raftdvc_jax.data import synthetic
@@ -28,10 +30,6 @@ def random_variables(config, seed):
   rng = np.random.default_rng(seed)
   shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   return jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype), shapes)
-
-
-def _tool():
-  return import_tool('evaluate')
 
 
 @pytest.fixture(scope='module', name='setup')
@@ -54,10 +52,8 @@ def _setup(tmp_path_factory):
 
 def test_evaluate_matches_a_direct_computation(setup):
   checkpoint, data = setup
-  tool = _tool()
-  estimator, resolved = tool.load_estimator(checkpoint)
-  assert resolved == checkpoint
-  rows, summary = tool.evaluate(estimator, os.path.join(data, 'test'), progress=False)
+  estimator = raftdvc_jax.load(checkpoint)
+  rows, summary = evaluate.evaluate(estimator, os.path.join(data, 'test'), progress=False)
   assert [r['name'] for r in rows] == ['sample_00000.npz', 'sample_00001.npz', 'sample_00002.npz']
   assert [r['deformation'] for r in rows] == ['translation', 'affine', 'translation']
   for i, row in enumerate(rows):
@@ -79,9 +75,8 @@ def test_evaluate_matches_a_direct_computation(setup):
 
 
 def _run(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'evaluate.py'), *args], env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
+  return subprocess.run([script('raftdvc-evaluate'), *args], capture_output=True, text=True, timeout=600,
+                        check=False)
 
 
 def test_cli_writes_csv_and_summary_and_rejects_bad_input(setup, tmp_path):

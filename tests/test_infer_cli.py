@@ -17,10 +17,7 @@ from raftdvc_jax.infer.estimator import FlowEstimator, balanced_batch
 from raftdvc_jax.model.config import preset
 from raftdvc_jax.model.raft import RAFTDVC
 
-try:
-  from tests import torch_reference as ref
-except ImportError:
-  import torch_reference as ref
+from raftdvc_jax.reference import torch_raft as ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = preset('s4').replace(iters=2)

@@ -1,4 +1,4 @@
-"""tools/make_dataset.py end to end: layout, keys, determinism, errors."""
+"""raftdvc-make-dataset end to end: layout, keys, determinism, errors."""
 
 import json
 import os
@@ -9,14 +9,15 @@ import numpy as np
 
 from raftdvc_jax.data import datasets
 from raftdvc_jax.data import synthetic
+from tests.scripts import script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'make_dataset.py')
+
 
 
 def run_tool(*args):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env, timeout=120)
+  return subprocess.run([script('raftdvc-make-dataset'), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 ARGS = ['--num_samples', '3', '--size', '16', '--particle_radius', '2', '--density', '4.8', '--disp_min', '1',

@@ -8,7 +8,7 @@ import torch
 from raftdvc_jax.convert import mapping
 from raftdvc_jax.model.config import ModelConfig, preset
 from raftdvc_jax.model.raft import RAFTDVC
-from tests import torch_reference as ref
+from raftdvc_jax.reference import torch_raft as ref
 
 # (name, config, input size): every encoder type, both GRUs, every sampler, every norm, VolRAFT, uncertainty.
 CASES = [

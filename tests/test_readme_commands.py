@@ -49,7 +49,8 @@ def readme_commands() -> list[str]:
 
 
 # README command -> what this module runs: 'ci' (the test command itself: .ci/run runs it), or a shell
-# line in which {py} is this Python, {root} the checkout and {ckpt} a small converted checkpoint.
+# line in which {py} is this Python, {bin} its folder of console scripts, {root} the checkout and {ckpt} a
+# small converted checkpoint.
 COMMANDS = {
     'pip install -e . && python infer.py --demo': '{py} {root}/infer.py --demo',
     "pip install -e '.[test]' && python -m pytest tests": 'ci',
@@ -64,10 +65,10 @@ COMMANDS = {
     '--voxel_size 2.5,1.2,1.2 --unit um --formats npz,vti,tsv --figures':
         '{py} {root}/infer.py --checkpoint {ckpt} --vol0 ref.tif --vol1 def.tif --output flow.npy --refine '
         '--strain --voxel_size 2.5,1.2,1.2 --unit um --formats npz,vti,tsv --figures',
-    'python tools/analyze.py --flow flow.npy --output strain/ --voxel_size 2.5,1.2,1.2 --unit um':
-        '{py} {root}/tools/analyze.py --flow flow.npy --output strain/ --voxel_size 2.5,1.2,1.2 --unit um',
-    'python tools/convert_volraft.py --checkpoint best_model.pth --output s4_converted --verify':
-        '{py} {root}/tools/convert_volraft.py --checkpoint best_model.pth --output s4_converted --verify',
+    'raftdvc-analyze --flow flow.npy --output strain/ --voxel_size 2.5,1.2,1.2 --unit um':
+        '{bin}/raftdvc-analyze --flow flow.npy --output strain/ --voxel_size 2.5,1.2,1.2 --unit um',
+    'raftdvc-convert --checkpoint best_model.pth --output s4_converted --verify':
+        '{bin}/raftdvc-convert --checkpoint best_model.pth --output s4_converted --verify',
     'python train.py --config=configs/smoke.py --workdir=/tmp/raftdvc_smoke':
         '{py} {root}/train.py --config={root}/configs/smoke.py --workdir=raftdvc_smoke '
         '--config.train.loss.match_warmup=1 ' + SHORT_TRAINING,
@@ -124,7 +125,7 @@ def folder(tmp_path_factory):
 
 def run_here(line, folder, extra_env=None, timeout=TIMEOUT):
   root, ckpt, cache = folder
-  args = shlex.split(line.format(py=sys.executable, root=ROOT, ckpt=ckpt))
+  args = shlex.split(line.format(py=sys.executable, root=ROOT, ckpt=ckpt, bin=os.path.dirname(sys.executable)))
   # Tiny volumes: XLA's optimisation passes cost more time than they save (as in conftest.py).
   env = dict(os.environ, RAFTDVC_JAX_CACHE=cache, JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
              **(extra_env or {}))
@@ -177,7 +178,7 @@ def test_infer_refine_strain_and_analyze(folder):
   run_readme([c for c in COMMANDS if '--strain' in c][0], folder)
   for name in ('strain.npz', 'strain.vti', 'spam.tsv', 'report.png'):
     assert (root / 'flow_strain' / name).stat().st_size > 0, name
-  run_readme('python tools/analyze.py --flow flow.npy --output strain/ --voxel_size 2.5,1.2,1.2 --unit um', folder)
+  run_readme('raftdvc-analyze --flow flow.npy --output strain/ --voxel_size 2.5,1.2,1.2 --unit um', folder)
   assert os.listdir(root / 'strain')
   for name in ('flow.npy', 'flow_nodes.npz', 'flow_strain', 'strain'):
     shutil.rmtree(root / name) if os.path.isdir(root / name) else os.remove(root / name)
@@ -193,7 +194,7 @@ def test_python_snippet(folder):
 
 
 def test_convert(folder):
-  run = run_readme('python tools/convert_volraft.py --checkpoint best_model.pth --output s4_converted --verify',
+  run = run_readme('raftdvc-convert --checkpoint best_model.pth --output s4_converted --verify',
                    folder)
   assert re.search(r'verify: max \|flow_jax - flow_torch\| = \S+ voxel .*: ok', run.stderr), run.stderr
   assert os.path.isfile(folder[0] / 's4_converted' / 'model_config.json')

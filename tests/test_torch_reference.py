@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-try:
-  from tests import torch_reference as ref
-except ImportError:
-  import torch_reference as ref
+from raftdvc_jax.reference import torch_raft as ref
 
 ARM = dict(corr_levels=2, corr_radius=4)
 VOLRAFT = dict(encoder_type='1/8', corr_levels=4, corr_radius=3, gru='conv', sampler='volraft', volraft=True)

@@ -1,4 +1,4 @@
-"""Export of a training run (tools/export_weights.py): the weights load by path, a killed run exports too."""
+"""Export of a training run (raftdvc-export): the weights load by path, a killed run exports too."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 import raftdvc_jax
+from tests.scripts import script
 from tests.test_distributed import tiny_run, tiny_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +22,7 @@ def test_a_run_killed_mid_record_exports_its_best_step(tmp_path):
   with open(os.path.join(run, 'metrics.jsonl'), 'w') as f:
     f.write(''.join(json.dumps(r) + '\n' for r in records) + '{"step": 3, "train_lo')  # killed mid-write
   out = tmp_path / 'weights'
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'export_weights.py'), '--run', run,
-                         '--output', str(out), '--which', 'latest'], capture_output=True, text=True,
+  proc = subprocess.run([script('raftdvc-export'), '--run', run, '--output', str(out), '--which', 'latest'], capture_output=True, text=True,
                         cwd=tmp_path, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
   estimator = raftdvc_jax.load(str(out))
@@ -35,8 +35,7 @@ def test_a_damaged_record_in_the_middle_is_still_refused(tmp_path):
   run = tiny_run(tmp_path / 'run', steps=(1,))
   with open(os.path.join(run, 'metrics.jsonl'), 'w') as f:
     f.write('{"step": 1}\nnot json\n{"step": 2}\n')
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'export_weights.py'), '--run', run,
-                         '--output', str(tmp_path / 'weights')], capture_output=True, text=True, cwd=tmp_path,
+  proc = subprocess.run([script('raftdvc-export'), '--run', run, '--output', str(tmp_path / 'weights')], capture_output=True, text=True, cwd=tmp_path,
                         timeout=300, check=False)
   assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith('error: '), proc.stderr
   assert 'metrics.jsonl:2' in proc.stderr and not os.path.exists(tmp_path / 'weights')

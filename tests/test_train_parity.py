@@ -1,6 +1,6 @@
 """Training parity with PyTorch: the whole sequence-loss gradient, and ten optimizer steps of loss curve.
 
-The reference is tests/torch_reference.py with RAFT-DVC's training recipe written in torch (AdamW, OneCycleLR,
+The reference is raftdvc_jax/reference/torch_raft.py with RAFT-DVC's training recipe written in torch (AdamW, OneCycleLR,
 clip_grad_norm_, the gamma-0.8 sequence loss); the JAX side is raftdvc_jax.train.step as train.py runs it.
 """
 
@@ -18,7 +18,7 @@ from raftdvc_jax.model.raft import RAFTDVC
 from raftdvc_jax.train import schedule as schedule_lib
 from raftdvc_jax.train import state as state_lib
 from raftdvc_jax.train import step as step_lib
-from tests import torch_reference as ref
+from raftdvc_jax.reference import torch_raft as ref
 
 # A small arm with every part of s4 (1/4 encoder, 2 levels, SepConvGRU), narrow so that CI stays quick.
 CONFIG = ModelConfig(encoder_type='1/4', feature_dim=32, hidden_dim=32, context_dim=32, corr_levels=2,

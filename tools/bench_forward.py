@@ -24,7 +24,6 @@ import time
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # for tests/torch_reference.py, the PyTorch side
 
 from raftdvc_jax import benchmark  # pylint: disable=g-import-not-at-top
 
@@ -124,10 +123,10 @@ def run_jax(what):
 
 
 def build_torch(what):
-  """(info, {'forward'|'train': a callable}) for the PyTorch reference (tests/torch_reference.py)."""
+  """(info, {'forward'|'train': a callable}) for the PyTorch reference (raftdvc_jax/reference/torch_raft.py)."""
   import torch  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.model.config import preset  # pylint: disable=import-outside-toplevel
-  from tests import torch_reference as ref  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.reference import torch_raft as ref  # pylint: disable=import-outside-toplevel
 
   config = preset(FLAGS.preset)
   model = ref.init_weights(ref.build(config.to_dict()), 0)

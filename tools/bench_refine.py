@@ -4,7 +4,7 @@ r"""Measures sub-voxel refinement (raftdvc_jax.refine): node EPE and time per pa
   python tools/bench_refine.py --families translation --orders 1 --samples 1
 
 Pairs (made here, never stored):
-- bead families: tools/make_dataset.py --size 64 --num_samples 2 --disp_min 0.5 --disp_max 3 --seed 1
+- bead families: raftdvc-make-dataset --size 64 --num_samples 2 --disp_min 0.5 --disp_max 3 --seed 1
   --deformation {translation, affine, quadratic} (noise on), i.e. SyntheticDataset(config, seed=(1,)).pair(i);
 - Gaussian speckle (pyALDVC's `al-dvc synth --shape 64 64 64 --noise 0.02 --seed 3`): translation
   (x, y, z) = (1.25, -0.6, 2.3) and a 2 % stretch along x (-0.3 * 2 % along y, z), g(x) = f(X), x = X + u(X),

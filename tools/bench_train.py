@@ -5,7 +5,7 @@ r"""Training-step speed and peak memory of the trainer's step, JAX against the P
 
 The JAX side is raftdvc_jax.train.step exactly as train.py runs it: one jitted step over a mesh of all devices
 (state replicated and donated, batch sharded), clip + AdamW + OneCycle, the gamma-0.8 sequence loss over every
-iteration. The PyTorch side is tests/torch_reference.py with the RAFT-DVC recipe (AdamW, OneCycleLR,
+iteration. The PyTorch side is raftdvc_jax/reference/torch_raft.py with the RAFT-DVC recipe (AdamW, OneCycleLR,
 clip_grad_norm_, the same loss). Every (framework, batch) runs in its own process, so peak RSS is its own; the
 JAX figure includes compilation. Timings are the median of --steps steps after one warm-up step (compilation
 for JAX, reported separately). Prints JSON lines and a Markdown table for docs/performance.md.
@@ -24,7 +24,6 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # for tests/torch_reference.py, the PyTorch side
 
 from raftdvc_jax import benchmark  # pylint: disable=g-import-not-at-top
 
@@ -100,7 +99,7 @@ def run_torch(batch: int) -> dict:
   # pylint: disable=import-outside-toplevel
   import torch
   from raftdvc_jax.model.config import preset
-  from tests import torch_reference as ref
+  from raftdvc_jax.reference import torch_raft as ref
 
   config = preset(_PRESET.value)
   model = ref.init_weights(ref.build(config.to_dict()), 0).train()

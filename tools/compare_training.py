@@ -3,11 +3,11 @@ r"""Trains the JAX trainer and the PyTorch reference side by side from one initi
   python tools/compare_training.py --output_dir /tmp/cmp --steps 300                 # small arm, 24^3
   python tools/compare_training.py --output_dir /tmp/cmp --preset s4 --size 32 --steps 400 --lr 4e-4
 
-Three runs from the same PyTorch initialisation (RAFT-DVC's), mapped into Flax: `torch` (tests/torch_reference.py
+Three runs from the same PyTorch initialisation (RAFT-DVC's), mapped into Flax: `torch` (raftdvc_jax/reference/torch_raft.py
 with AdamW, OneCycleLR, clip_grad_norm_ and the gamma-0.8 sequence loss), `jax` (raftdvc_jax.train.step, the
 same recipe) and, with --corr_weight > 0, `jax+corr` (plus the auxiliary correlation loss). Each step's loss and
 train EPE, and the validation EPE every --eval_every steps beside the EPE of predicting no motion, go to
-OUTPUT_DIR/compare.jsonl and OUTPUT_DIR/compare.png. Needs torch and a checkout of the repository (tests/).
+OUTPUT_DIR/compare.jsonl and OUTPUT_DIR/compare.png. Needs torch (the [torch] extra).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _schedule_cfg():
 
 def _run_torch(config, init_state, batches, val, log):
   import torch  # pylint: disable=import-outside-toplevel
-  from tests import torch_reference as ref  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.reference import torch_raft as ref  # pylint: disable=import-outside-toplevel
   model = ref.build(config.to_dict())
   model.load_state_dict({k: torch.from_numpy(v) for k, v in init_state.items()})
   opt = torch.optim.AdamW(model.parameters(), lr=_LR.value, weight_decay=5e-5)
@@ -136,12 +136,11 @@ def _plot(records, zero, path):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/torch_reference.py
   # pylint: disable=import-outside-toplevel
   from raftdvc_jax import cli
   from raftdvc_jax.convert import mapping
   from raftdvc_jax.data import synthetic
-  from tests import torch_reference as ref
+  from raftdvc_jax.reference import torch_raft as ref
   out_dir = _OUTPUT_DIR.value
   os.makedirs(out_dir, exist_ok=True)
   config = _model_config()

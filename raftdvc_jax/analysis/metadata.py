@@ -33,7 +33,7 @@ def parse_voxel_size(text) -> tuple[float, float, float]:
 def build(voxel_size, unit: str, options: Mapping[str, Any], model: str | None = None,
           provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """The metadata dict stored beside (and inside) every result."""
-  from raftdvc_jax import __version__  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.version import __version__  # pylint: disable=import-outside-toplevel
   return {
       'voxel_size': [float(v) for v in voxel_size],
       'voxel_size_order': 'array axes (0, 1, 2)',

@@ -113,12 +113,12 @@ def mode() -> str:
 
 def pipeline(estimator=None, label=None, hooks=()):
   """The Pipeline the flags describe; loads --checkpoint (unless given an estimator) and --coarse_checkpoint."""
-  import raftdvc_jax  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.infer.estimator import load  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
   if estimator is None:
-    estimator, label = raftdvc_jax.load(_CHECKPOINT.value, corr_method=_CORR_METHOD.value), _CHECKPOINT.value
+    estimator, label = load(_CHECKPOINT.value, corr_method=_CORR_METHOD.value), _CHECKPOINT.value
   say(f'fine arm {label}: {estimator.config.describe()}')
-  coarse = raftdvc_jax.load(_COARSE.value) if _COARSE.value else None
+  coarse = load(_COARSE.value) if _COARSE.value else None
   if coarse is not None:
     say(f'coarse arm {_COARSE.value}: {coarse.config.describe()}')
   iters = _ITERS.value if _ITERS.value or FLAGS['strategy'].present else estimator.config.iters

@@ -177,5 +177,5 @@ def _as_dict(tree):
 
 
 def _version() -> str:
-  from raftdvc_jax import __version__  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.version import __version__  # pylint: disable=import-outside-toplevel
   return __version__

@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import glob
+import json
+import logging
 import multiprocessing
 import os
 import zlib
@@ -19,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from raftdvc_jax import progress as progress_lib
 from raftdvc_jax.data import io
 from raftdvc_jax.data import pairs as pairs_lib
 from raftdvc_jax.data import synthetic
@@ -67,16 +70,58 @@ class PairDirectoryDataset:
     return out
 
 
+def open_directory(path):
+  """The dataset in a directory: vol0/ vol1/ flow/ folders (PairDirectoryDataset), or .npz samples (NpzDataset)."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise io.VolumeError(f'{path}: no such dataset directory')
+  if os.path.isdir(os.path.join(path, 'vol0')):
+    return PairDirectoryDataset(path)
+  return NpzDataset(path)
+
+
+def sample_paths(output, num_samples: int, split: str | None = None) -> list[str]:
+  """OUTPUT[/SPLIT]/sample_NNNNN.npz of every sample of a written dataset."""
+  folder = os.path.join(os.fspath(output), split) if split else os.fspath(output)
+  width = max(5, len(str(num_samples - 1)))
+  return [os.path.join(folder, f'sample_{i:0{width}d}.npz') for i in range(num_samples)]
+
+
+def write_synthetic(config: synthetic.SyntheticConfig, output, num_samples: int, seed: int,
+                    split: str | None = None, skip_existing: bool = False, progress: bool = True) -> list[str]:
+  """Writes num_samples synthetic pairs in RAFT-DVC's .npz layout (I1, I2, flow, metadata); returns the paths.
+
+  Sample i is SyntheticDataset(config, split_seed(seed, split))[i], so the same arguments give the same files
+  and training on the fly sees the same data. Each file is written atomically.
+  """
+  if config.disp_max > min(config.shape) / 4:
+    logging.getLogger(__name__).warning(
+        'disp_max %g exceeds a quarter of the %d-voxel volume: many beads leave the volume and the flow there '
+        'has no image evidence', config.disp_max, min(config.shape))
+  paths = sample_paths(output, num_samples, split)
+  os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
+  source = SyntheticDataset(config, split_seed(seed, split))
+  with progress_lib.bar(num_samples, os.path.basename(os.path.dirname(paths[0])) or os.fspath(output), progress,
+                        unit='sample') as bar:
+    for i, path in enumerate(paths):
+      if not (skip_existing and os.path.exists(path)):
+        pair = source.pair(i)
+        metadata = dict(pair['metadata'], index=i, split=split, dataset_seed=seed)
+        io.write_sample(path, pair['I1'], pair['I2'], pair['flow'], json.dumps(metadata, sort_keys=True))
+      bar.update(1)
+  return paths
+
+
 def split_seed(seed: int, split: str | None = None) -> tuple[int, ...]:
   """The SyntheticDataset seed of a split: (seed, crc32(split)), or (seed,) without a split; splits of one
-  seed are thereby different data, and tools/make_dataset.py writes what training streams on the fly."""
+  seed are thereby different data, and raftdvc-make-dataset writes what training streams on the fly."""
   return (int(seed),) if not split else (int(seed), zlib.crc32(split.encode('utf-8')))
 
 
 class SyntheticDataset:
   """An endless source of on-the-fly pairs: item i is make_pair(config, seed=(*seed, i)), any i >= 0.
 
-  Item i depends on nothing else, so a stream resumes exactly from any index, and tools/make_dataset.py
+  Item i depends on nothing else, so a stream resumes exactly from any index, and raftdvc-make-dataset
   with the same config and seed writes the same samples to disk.
   """
 

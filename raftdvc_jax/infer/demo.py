@@ -138,7 +138,7 @@ def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, s
             progress: bool) -> str:
   """infer.py --demo: the pair, its flow by make_pipeline(estimator, label), the figure; returns the report."""
   # pylint: disable=import-outside-toplevel
-  import raftdvc_jax
+  from raftdvc_jax.infer.estimator import load
   from raftdvc_jax import weights
   from raftdvc_jax.infer import tiled
   from raftdvc_jax.infer.estimator import FlowEstimator
@@ -150,7 +150,7 @@ def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, s
     estimator, label = FlowEstimator(config, random_variables(config, seed)), 's4, untrained'
   else:
     checkpoint = checkpoint or weights.DEFAULT  # the shipped starter weights
-    estimator, label = raftdvc_jax.load(checkpoint), checkpoint
+    estimator, label = load(checkpoint), checkpoint
   pipe = make_pipeline(estimator, label)
   stride = min(PAIR_PRESETS, key=lambda s: (abs(s - estimator.config.stride), s))
   pipe.check((size,) * 3, f'--demo_size {size}')

@@ -219,3 +219,18 @@ class FlowEstimator:
     c = self._config
     return (f'FlowEstimator(encoder_type={c.encoder_type!r}, stride={c.stride}, corr_levels={c.corr_levels}, '
             f'corr_radius={c.corr_radius}, sampler={c.sampler!r}, volraft={c.volraft}, iters={c.iters})')
+
+
+def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
+         sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None, which: str = 'best') -> FlowEstimator:
+  """A FlowEstimator from shipped weights ('s4-starter'), a converted directory, a training run or a .pth/.pt.
+
+  convert.resolve says what the path is: a training run loads its `which` step ('best' by validation EPE,
+  or 'latest'), or the newest step that loads when that one is damaged, and logs which. A file is read
+  without executing any code in it and converted in memory (fmt, volraft_config, encoder_type and sampler
+  as in raftdvc-convert). Raises ValueError/OSError with one line naming the file.
+  """
+  from raftdvc_jax.convert.resolve import resolve  # pylint: disable=import-outside-toplevel
+  found = resolve(path, which, fmt, volraft_config, encoder_type, sampler)
+  return FlowEstimator(found.config, found.variables, corr_method=corr_method, dtype=dtype,
+                       provenance=found.provenance)

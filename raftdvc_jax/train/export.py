@@ -7,6 +7,7 @@ import os
 from typing import Any, Mapping
 
 from raftdvc_jax.convert import orbax_io
+from raftdvc_jax.convert import resolve
 from raftdvc_jax.train import checkpoint as ckpt_lib
 from raftdvc_jax.train import curves
 
@@ -34,8 +35,10 @@ def export_run(workdir, output, which: str = 'best', iters: int | None = None, o
   Provenance records the run, the step, its validation record and `notes`.
   """
   workdir = os.path.abspath(os.fspath(workdir))
-  step_dir = ckpt_lib.resolve(workdir, which)
-  config, variables, _ = orbax_io.load_variables(step_dir)
+  found = resolve.resolve(workdir, which)
+  if found.kind != 'run':
+    raise ValueError(f'{workdir}: not a training run directory (no {ckpt_lib.CHECKPOINTS}/<step>/)')
+  step_dir, config, variables = found.path, found.config, found.variables
   if iters:
     config = config.replace(iters=int(iters))
   step = int(os.path.basename(step_dir))

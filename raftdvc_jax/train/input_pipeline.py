@@ -2,7 +2,7 @@
 
 Synthetic by default: an endless on-the-fly stream (or a finite set of `train_size` items) seeded by
 (seed, crc32('train')), and a validation set of the first `val_size` items seeded by (seed, crc32('val')),
-the same samples `tools/make_dataset.py --seed S --split val` writes. Or a dataset directory: `dir` with
+the same samples `raftdvc-make-dataset --seed S --split val` writes. Or a dataset directory: `dir` with
 train/ and val/ splits (RAFT-DVC .npz samples, or vol0/ vol1/ flow/ folders of .npy), or `dir` + `val_dir`.
 """
 
@@ -50,16 +50,6 @@ class FiniteView:
     return self.dataset[i]
 
 
-def open_directory(path) -> Any:
-  """A dataset directory: vol0/ vol1/ flow/ folders of .npy, or .npz samples."""
-  path = os.fspath(path)
-  if not os.path.isdir(path):
-    raise data_lib.VolumeError(f'{path}: no such dataset directory')
-  if os.path.isdir(os.path.join(path, 'vol0')):
-    return datasets.PairDirectoryDataset(path)
-  return datasets.NpzDataset(path)
-
-
 def _split_dirs(cfg: Mapping[str, Any]) -> tuple[str, str | None]:
   root = os.fspath(cfg['dir'])
   train = os.path.join(root, 'train') if os.path.isdir(os.path.join(root, 'train')) else root
@@ -76,7 +66,7 @@ def synthetic_config(cfg: Mapping[str, Any]) -> synthetic.SyntheticConfig:
 def train_dataset(cfg: Mapping[str, Any], seed: int):
   """The training dataset (all of it; train_batches picks this process's rows)."""
   if cfg.get('dir'):
-    ds = open_directory(_split_dirs(cfg)[0])
+    ds = datasets.open_directory(_split_dirs(cfg)[0])
   else:
     ds = datasets.SyntheticDataset(synthetic_config(cfg), datasets.split_seed(seed, 'train'))
     if cfg.get('train_size', 0):
@@ -118,7 +108,7 @@ def validation_set(cfg: Mapping[str, Any], seed: int) -> list[dict[str, np.ndarr
     if val_dir is None:
       raise ValueError(f'{cfg["dir"]}: no val/ split for validation; set config.data.val_dir, or '
                        'config.data.val_size=0 to train without validation')
-    ds = open_directory(val_dir)
+    ds = datasets.open_directory(val_dir)
     n = min(n, len(ds))
   else:
     ds = datasets.SyntheticDataset(synthetic_config(cfg), datasets.split_seed(seed, 'val'))

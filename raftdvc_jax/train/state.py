@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Mapping
 
 import flax.struct
@@ -79,21 +78,12 @@ def load_pretrained(path, config: ModelConfig) -> dict[str, Any]:
   """
   # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io
-  from raftdvc_jax.train import checkpoint
-  from raftdvc_jax import weights
-  path = weights.resolve(os.fspath(path))
-  if os.path.isdir(path):
-    # A run directory also holds a model_config.json, so look for its checkpoints/ first.
-    if orbax_io.is_checkpoint_dir(path) and not os.path.isdir(os.path.join(path, checkpoint.CHECKPOINTS)):
-      source_config, variables, _ = orbax_io.load_variables(path)
-    else:
-      _, (source_config, variables, _) = checkpoint.load_run(path)
-  elif os.path.isfile(path):
-    from raftdvc_jax.convert import sources
-    source = sources.load_source(path)
-    source_config, variables = source.config, sources.to_variables(source)
-  else:
-    raise FileNotFoundError(f'{path}: init_from: no such file or directory')
+  from raftdvc_jax.convert.resolve import resolve
+  try:
+    found = resolve(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'init_from: {e}') from None
+  path, source_config, variables = found.path, found.config, found.variables
   try:
     orbax_io.check_variables(variables, config, f'{path} (init_from)')
   except ValueError as e:

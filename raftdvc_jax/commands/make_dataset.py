@@ -1,6 +1,6 @@
 r"""Writes a synthetic dataset of bead volume pairs with known displacement, in RAFT-DVC's layout.
 
-  python tools/make_dataset.py --output data/r2_32 --split train --num_samples 2000 --preset r2_32 --seed 1
+  raftdvc-make-dataset --output data/r2_32 --split train --num_samples 2000 --preset r2_32 --seed 1
 
 Writes OUTPUT[/SPLIT]/sample_NNNNN.npz with I1, I2 float32 (S, S, S), flow float32 (3, S, S, S) (channel c =
 displacement along array axis c, reference -> deformed, I2(x + u(x)) ~ I1(x)) and metadata (a JSON string;
@@ -10,16 +10,12 @@ crc32(SPLIT)))[i], so the same arguments give byte-identical files and training 
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import flags
-from absl import logging
 
 from raftdvc_jax import cli
-from raftdvc_jax import progress as progress_lib
 from raftdvc_jax.data import datasets
-from raftdvc_jax.data import io
 from raftdvc_jax.data import synthetic
 
 _OUTPUT = flags.DEFINE_string('output', None, 'Dataset directory (created if absent).', required=True)
@@ -56,13 +52,6 @@ def config_from_flags() -> synthetic.SyntheticConfig:
   return synthetic.preset(_PRESET.value, **given)
 
 
-def sample_paths(output: str, num_samples: int, split: str | None = None) -> list[str]:
-  """OUTPUT[/SPLIT]/sample_NNNNN.npz of every sample."""
-  folder = os.path.join(output, split) if split else output
-  width = max(5, len(str(num_samples - 1)))
-  return [os.path.join(folder, f'sample_{i:0{width}d}.npz') for i in range(num_samples)]
-
-
 def check_outputs(paths: list[str], skip_existing: bool, overwrite: bool) -> None:
   """Refuses, before generating anything, samples already on disk unless --skip_existing or --overwrite."""
   cli.check_writable(os.path.dirname(paths[0]), 'output folder', folder=True)
@@ -72,37 +61,12 @@ def check_outputs(paths: list[str], skip_existing: bool, overwrite: bool) -> Non
                      'to replace them or --skip_existing to keep them')
 
 
-def check_displacement(config: synthetic.SyntheticConfig) -> None:
-  """Warns when the displacement can exceed a quarter of the volume (beads leave it; flows lose meaning)."""
-  size = min(config.shape)
-  if config.disp_max > size / 4:
-    logging.warning('--disp_max %g exceeds a quarter of the %d-voxel volume: many beads leave the volume and '
-                    'the flow there has no image evidence', config.disp_max, size)
-
-
-def write_dataset(config: synthetic.SyntheticConfig, output: str, num_samples: int, seed: int,
-                  split: str | None = None, skip_existing: bool = False, progress: bool = True) -> list[str]:
-  """Writes num_samples samples; returns their paths."""
-  paths = sample_paths(output, num_samples, split)
-  os.makedirs(os.path.dirname(paths[0]), exist_ok=True)
-  source = datasets.SyntheticDataset(config, datasets.split_seed(seed, split))
-  with progress_lib.bar(num_samples, os.path.basename(os.path.dirname(paths[0])) or output, progress,
-                        unit='sample') as bar:
-    for i, path in enumerate(paths):
-      if not (skip_existing and os.path.exists(path)):
-        pair = source.pair(i)
-        metadata = dict(pair['metadata'], index=i, split=split, dataset_seed=seed)
-        io.write_sample(path, pair['I1'], pair['I2'], pair['flow'], json.dumps(metadata, sort_keys=True))
-      bar.update(1)
-  return paths
-
-
 def run() -> None:
   config = config_from_flags()
-  check_displacement(config)
-  check_outputs(sample_paths(_OUTPUT.value, _NUM_SAMPLES.value, _SPLIT.value), _SKIP_EXISTING.value,
+  check_outputs(datasets.sample_paths(_OUTPUT.value, _NUM_SAMPLES.value, _SPLIT.value), _SKIP_EXISTING.value,
                 _OVERWRITE.value)
-  write_dataset(config, _OUTPUT.value, _NUM_SAMPLES.value, _SEED.value, _SPLIT.value, _SKIP_EXISTING.value)
+  datasets.write_synthetic(config, _OUTPUT.value, _NUM_SAMPLES.value, _SEED.value, _SPLIT.value,
+                           _SKIP_EXISTING.value)
 
 
 def main(argv):
@@ -111,5 +75,9 @@ def main(argv):
   cli.run(run)
 
 
-if __name__ == '__main__':
+def entry():
   cli.start(main)
+
+
+if __name__ == '__main__':
+  entry()

@@ -1,7 +1,7 @@
 r"""Strain, ParaView file, figures and peer formats from a displacement field.
 
-  python tools/analyze.py --flow FLOW --output DIR [--voxel_size A,B,C] [--unit um] [--formats vti,npz,tsv,tif]
-                          [--figures] [--mask M]
+  raftdvc-analyze --flow FLOW --output DIR [--voxel_size A,B,C] [--unit um] [--formats vti,npz,tsv,tif]
+                        [--figures] [--mask M]
 
 FLOW: a flow file (3, X0, X1, X2) in voxels (.npy, .npz member 'flow', .tif, .h5), as infer.py writes it.
 Writes DIR/strain.npz (F, green_lagrange, small_strain (3, 3, X0, X1, X2), principal strains, scalar fields,
@@ -12,7 +12,6 @@ order; --figures adds DIR/report.png. docs/analysis.md has the conventions.
 """
 
 from __future__ import annotations
-
 
 from absl import app
 from absl import flags
@@ -91,5 +90,9 @@ def main(argv):
   return 0
 
 
-if __name__ == '__main__':
+def entry():
   cli.start(main)
+
+
+if __name__ == '__main__':
+  entry()

@@ -1,6 +1,6 @@
 r"""Exports a training run's best step as a converted checkpoint directory (e.g. the shipped weights).
 
-  python tools/export_weights.py --run runs/s4_starter --output raftdvc_jax/weights/s4-starter --iters 12
+  raftdvc-export --run runs/s4_starter --output raftdvc_jax/weights/s4-starter --iters 12
 
 The directory holds model_config.json (with --iters as the inference default), provenance.json (run, step,
 validation record) and the params only (no optimizer state), and loads with raftdvc_jax.load().
@@ -32,5 +32,9 @@ def main(argv):
                                           _OVERWRITE.value, notes)))
 
 
-if __name__ == '__main__':
+def entry():
   cli.start(main)
+
+
+if __name__ == '__main__':
+  entry()
