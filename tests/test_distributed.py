@@ -75,8 +75,8 @@ def _driver(mode, workdir, num_processes, process_id, port):
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_disable_most_optimizations', True)  # tiny volumes: compiling costs more than it saves
   if num_processes > 1:
-    from raftdvc_jax.infer import distributed  # pylint: disable=import-outside-toplevel
-    distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)  # selects Gloo collectives on CPU
+    from raftdvc_jax import runtime  # pylint: disable=import-outside-toplevel
+    runtime.initialize_distributed(f'127.0.0.1:{port}', num_processes, process_id)  # selects Gloo collectives on CPU
   if mode == 'train':
     from raftdvc_jax.train import loop  # pylint: disable=import-outside-toplevel
     loop.train_and_evaluate(tiny_train_config(), workdir, progress=False)

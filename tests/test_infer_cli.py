@@ -10,6 +10,7 @@ import pytest
 import raftdvc_jax
 from raftdvc_jax.convert import mapping
 from raftdvc_jax.convert import orbax_io
+from raftdvc_jax import runtime
 from raftdvc_jax.infer import coarse_to_fine
 from raftdvc_jax.infer import memory
 from raftdvc_jax.infer import tiled
@@ -151,7 +152,7 @@ def test_an_unwritable_compilation_cache_is_skipped(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   (tmp_path / 'a_file').write_text('x')
   before = jax.config.jax_compilation_cache_dir
-  assert tiled.enable_compilation_cache(str(tmp_path / 'a_file' / 'cache')) is None
+  assert runtime.enable_compilation_cache(str(tmp_path / 'a_file' / 'cache')) is None
   assert jax.config.jax_compilation_cache_dir == before
 
 

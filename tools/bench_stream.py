@@ -66,13 +66,13 @@ def _child(workdir: str, cap_fraction: float) -> None:
   import resource  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.data import pairs  # pylint: disable=import-outside-toplevel
-  from raftdvc_jax.infer import tiling  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax import runtime  # pylint: disable=import-outside-toplevel
   paths = {k: os.path.join(workdir, f'{k}.npy') for k in ('vol0', 'vol1', 'flow')}
   pipe = pipeline(os.path.join(workdir, 'ckpt'))
   warm = np.random.default_rng(1).random((TILE, TILE, 2 * TILE), dtype=np.float32)
   pipe.estimate(warm, warm)  # compiles the tile and starts the reader thread once, before the cap
   volume_bytes = os.path.getsize(paths['vol0'])
-  base = tiling.status_bytes('VmData')
+  base = runtime.status_bytes('VmData')
   cap = int(cap_fraction * volume_bytes)
   resource.setrlimit(resource.RLIMIT_DATA, (base + cap, resource.getrlimit(resource.RLIMIT_DATA)[1]))
   t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def _child(workdir: str, cap_fraction: float) -> None:
     refused = True
   mb = lambda b: b / 2**20
   print(json.dumps({'side': int(result.flow.shape[1]), 'volume_mb': mb(volume_bytes), 'cap_mb': mb(cap),
-                    'seconds': seconds, 'peak_rss_mb': mb(tiling.status_bytes('VmHWM')),
+                    'seconds': seconds, 'peak_rss_mb': mb(runtime.status_bytes('VmHWM')),
                     'accumulators_memmapped': bool(result.summary['memmap']), 'control_refused': refused}))
 
 

@@ -22,10 +22,10 @@ from absl import flags
 
 from raftdvc_jax import cli
 from raftdvc_jax.commands import multiprocess
-from raftdvc_jax.commands import postprocess
 from raftdvc_jax import weights
 from raftdvc_jax.data import io
 from raftdvc_jax.data import pairs as pairs_lib
+from raftdvc_jax.infer import postprocess
 from raftdvc_jax.infer import strategies
 from raftdvc_jax.infer import tiling
 
@@ -155,6 +155,19 @@ def outputs(which: str, pairs, hooks=()) -> list[str]:
   return paths
 
 
+def postprocess_hooks(flags) -> list:
+  """The post-processing raftdvc-infer's flags ask for, in order: refinement, then strain."""
+  f = lambda name: flags[name].value
+  out = []
+  if f('refine'):
+    out.append(postprocess.RefineHook(f('overwrite'), subset=f('subset'), step=f('node_step'),
+                                      order=int(f('shape_order')), search_reach=f('search_reach')))
+  if f('strain'):
+    out.append(postprocess.StrainHook(f('voxel_size'), f('unit'), f('formats'), f('figures'), f('overwrite'),
+                                      {'vol0': f('vol0'), 'vol1': f('vol1'), 'checkpoint': f('checkpoint')}))
+  return out
+
+
 def run() -> None:
   which = mode()
   tiling.parse_tile(_TILE.value)
@@ -175,7 +188,7 @@ def run() -> None:
     pairs = pairs_lib.find_pairs(_DATA_DIR.value)
   else:
     pairs = []
-  hooks = postprocess.hooks(FLAGS)  # built once: bad --voxel_size/--formats fail here, before any compute
+  hooks = postprocess_hooks(FLAGS)  # built once: bad --voxel_size/--formats fail here, before any compute
   paths = outputs(which, pairs, hooks)
   for pair in pairs:  # every pair is read and checked before the first estimate: no failure after hours
     pairs_lib.read_pair(pair)
@@ -184,8 +197,8 @@ def run() -> None:
     import jax  # pylint: disable=import-outside-toplevel
     lead = jax.process_index() == 0
     say(f'process {jax.process_index()} of {jax.process_count()}; process 0 writes the flow')
-  from raftdvc_jax.infer import tiled  # pylint: disable=import-outside-toplevel
-  tiled.enable_compilation_cache()
+  from raftdvc_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.enable_compilation_cache()
   if which == 'demo':
     from raftdvc_jax.infer import demo  # pylint: disable=import-outside-toplevel
     print(demo.run_cli(pipeline, _CHECKPOINT.value, _DEMO_OUTPUT.value, _DEMO_SIZE.value, _SEED.value,

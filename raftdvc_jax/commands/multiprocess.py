@@ -29,6 +29,6 @@ def start() -> bool:
   count, index = _NUM_PROCESSES.value, _PROCESS_ID.value
   if count is not None and index is not None and index >= count:
     raise ValueError(f'--process_id {_PROCESS_ID.value} must be below --num_processes {_NUM_PROCESSES.value}')
-  from raftdvc_jax.infer import distributed  # pylint: disable=import-outside-toplevel
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from raftdvc_jax import runtime  # pylint: disable=import-outside-toplevel
+  runtime.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   return True

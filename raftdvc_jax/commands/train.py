@@ -34,9 +34,9 @@ def main(argv):
   cli.quiet_logs()
   cli.show_info()
   cli.run(multiprocess.start)
-  from raftdvc_jax.infer import tiled  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax import runtime  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.train import loop  # pylint: disable=import-outside-toplevel
-  tiled.enable_compilation_cache()  # a resumed run (or the next phase) does not compile its steps again
+  runtime.enable_compilation_cache()  # a resumed run (or the next phase) does not compile its steps again
   config = cli.load_config(_CONFIG)
   last = cli.run(lambda: loop.train_and_evaluate(config, _WORKDIR.value, progress=_PROGRESS.value),
                  '\ninterrupted; run the same command to resume from the last checkpoint')

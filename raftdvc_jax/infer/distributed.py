@@ -9,28 +9,18 @@ sum(w f) / sum(w), with the sums taken in another order: the flow equals the one
 rounding. Process 0 returns the flow; the others return None. tiled.run_tiled(..., across_processes=True)
 does the work; FlowEstimator.tiled and infer.py --distributed use it.
 
-Start the processes with initialize(coordinator_address, num_processes, process_id) (on SLURM, Open MPI or
-TPU pods with no arguments) before anything else touches JAX; docs/distributed.md.
+Start the processes with raftdvc_jax.runtime.initialize_distributed(coordinator_address, num_processes,
+process_id) (on SLURM, Open MPI or TPU pods with no arguments) before anything else touches JAX;
+docs/distributed.md.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import jax
 import numpy as np
 
 from raftdvc_jax.infer import tiled
-
-
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-  """jax.distributed.initialize, with Gloo as the CPU backend's cross-process collectives."""
-  # The CPU client only has cross-process collectives when an implementation is chosen before it starts
-  # ('gloo' is built into jaxlib; 'mpi' needs an MPI library). GPUs use NCCL regardless.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
 
 
 def run_tiled_distributed(apply_fn: Callable, vol0, vol1, **kwargs) -> tuple[np.ndarray | None, dict]:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import jax
 
+from raftdvc_jax import runtime
 from raftdvc_jax.infer import tiling
 from raftdvc_jax.model.config import ENCODERS, ModelConfig
 from raftdvc_jax.model import corr_local
@@ -122,7 +123,7 @@ def device_memory_bytes(device=None) -> int:
     stats = None  # some backends do not implement it
   if stats and stats.get('bytes_limit'):
     return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
-  return tiling.available_ram_bytes()
+  return runtime.available_ram_bytes()
 
 
 def _gib(b: float) -> str:

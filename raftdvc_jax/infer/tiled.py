@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import queue
 import threading
 import time
@@ -29,28 +28,9 @@ from raftdvc_jax.infer import tiling
 # Compiled executables by (function, shapes, devices); bounded so that a long session does not grow forever.
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_MAX = 8
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'raftdvc_jax', 'xla')
 # Across processes, the accumulators are summed this many bytes of rows per collective call: it bounds the
 # gather's memory to about num_processes * REDUCE_BYTES on every process.
 REDUCE_BYTES = 64 << 20
-
-
-def enable_compilation_cache(path: str | None = None) -> str | None:
-  """Turns on JAX's persistent compilation cache (so a tile shape compiles once across runs); returns its dir.
-
-  Returns None, leaving the cache off, when the directory cannot be created or written: the cache only saves
-  time, so it must never stop a run.
-  """
-  path = path or os.environ.get('RAFTDVC_JAX_CACHE') or DEFAULT_CACHE_DIR
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError:
-    return None
-  if not os.access(path, os.W_OK | os.X_OK):
-    return None
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  return path
 
 
 def model_apply_fn(model, iters: int | None = None) -> Callable:

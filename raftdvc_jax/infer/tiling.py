@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 import tempfile
 from typing import Iterator, Sequence
 
@@ -147,57 +146,6 @@ def blend_weights(tile: Sequence[int], kind: str = 'gaussian', overlap: float = 
 
 # ---------------------------------------------------------------------------------------------------------
 # Stitching.
-
-
-def _read_int(path: str) -> int | None:
-  try:
-    with open(path) as f:
-      text = f.read().strip()
-  except OSError:
-    return None
-  return int(text) if text.isdigit() else None  # 'max' (no limit) and unreadable files give None
-
-
-def status_bytes(field: str) -> int | None:
-  """A 'kB' field of /proc/self/status (e.g. VmData) in bytes."""
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith(field + ':'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
-
-
-def available_ram_bytes() -> int:
-  """Memory this process can still use: the host's MemAvailable, lowered by a cgroup v2 memory.max and an
-  RLIMIT_DATA soft limit when they are set (the physical total where nothing is known)."""
-  limits = []
-  try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith('MemAvailable:'):
-          limits.append(int(line.split()[1]) * 1024)
-  except OSError:
-    pass
-  if not limits:
-    try:
-      limits.append(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
-    except (ValueError, OSError, AttributeError):
-      limits.append(8 << 30)
-  cap, used = _read_int('/sys/fs/cgroup/memory.max'), _read_int('/sys/fs/cgroup/memory.current')
-  if cap is not None and used is not None:
-    limits.append(max(0, cap - used))
-  try:
-    import resource  # pylint: disable=import-outside-toplevel
-    soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
-    data = status_bytes('VmData')
-    if soft != resource.RLIM_INFINITY and data is not None:
-      limits.append(max(0, soft - data))  # RLIMIT_DATA counts private writable memory: VmData
-  except (ImportError, OSError, ValueError):
-    pass
-  return min(limits)
 
 
 class Stitcher:

@@ -1,4 +1,4 @@
-"""Post-processing hooks of raftdvc-infer (Estimate -> Estimate, see infer/pipeline.py): refinement, strain."""
+"""Post-processing hooks of the inference pipeline (Estimate -> Estimate, see pipeline.py): refinement, strain."""
 
 from __future__ import annotations
 
@@ -52,19 +52,6 @@ class StrainHook:
                        model=self.provenance.get('checkpoint'), provenance=self.provenance)
       log.info('strain: %s', directory)
     return est
-
-
-def hooks(flags) -> list:
-  """The post-processing raftdvc-infer's flags ask for, in order: refinement, then strain."""
-  f = lambda name: flags[name].value
-  out = []
-  if f('refine'):
-    out.append(RefineHook(f('overwrite'), subset=f('subset'), step=f('node_step'), order=int(f('shape_order')),
-                          search_reach=f('search_reach')))
-  if f('strain'):
-    out.append(StrainHook(f('voxel_size'), f('unit'), f('formats'), f('figures'), f('overwrite'),
-                          {'vol0': f('vol0'), 'vol1': f('vol1'), 'checkpoint': f('checkpoint')}))
-  return out
 
 
 def run_without_network(pairs, paths, hooks, say=log.info) -> None:
