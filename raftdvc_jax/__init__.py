@@ -21,14 +21,14 @@ __all__ = ['FlowEstimator', 'ModelConfig', 'load', 'refine', '__version__']
 
 
 def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
-         sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None,
-         which: str = 'best') -> 'FlowEstimator':
+         sampler: Optional[str] = None, correlation: str = 'auto', dtype=None,
+         which: str = 'best', lookup: str = 'auto') -> 'FlowEstimator':
   """A FlowEstimator from shipped weights ('s4-starter'), a converted directory, a training run or a .pth/.pt.
 
   raftdvc_jax.infer.estimator.load; the path is resolved by raftdvc_jax.convert.resolve.
   """
   from raftdvc_jax.infer.estimator import load as load_estimator  # pylint: disable=import-outside-toplevel
-  return load_estimator(path, fmt, volraft_config, encoder_type, sampler, corr_method, dtype, which)
+  return load_estimator(path, fmt, volraft_config, encoder_type, sampler, correlation, dtype, which, lookup)
 
 
 def __getattr__(name):

@@ -155,7 +155,7 @@ def test_auto_matches_the_reference_and_slab_refuses_a_rescaled_level():
     level = jnp.asarray(rng.normal(size=(1, 5, *shape)).astype(np.float32))
     np.testing.assert_allclose(corr.lookup_level(level, centroid, 2, 'exact', 'auto'),
                                corr.lookup_level(level, centroid, 2, 'exact', 'reference'), atol=1e-5)
-  assert corr.auto_method((10, 10, 10), 2, 'exact') == 'slab'
-  assert corr.auto_method((4, 4, 4), 2, 'exact') == 'separable'
+  assert corr.auto_lookup((10, 10, 10), 2, 'exact') == 'slab'
+  assert corr.auto_lookup((4, 4, 4), 2, 'exact') == 'separable'
   with pytest.raises(ValueError, match='rescale'):
     corr.lookup_level(jnp.zeros((1, 1, 5, 7, 9)), jnp.zeros((1, 1, 3)), 1, 'volraft', 'slab')

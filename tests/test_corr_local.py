@@ -121,29 +121,32 @@ def test_bad_arguments_name_the_problem():
 
 def test_the_model_dispatch_builds_local_or_all_pairs():
   f0, f1, coords = _case((8, 8, 8), batch=1)
-  local = corr.AllPairsCorr.build(f0, f1, 2, 1, 'volraft', method='local')  # what RAFTDVC(corr_method=) calls
-  allpairs = corr.AllPairsCorr.build(f0, f1, 2, 1, 'volraft', method='allpairs')
+  local = corr.build(f0, f1, 2, 1, 'volraft', correlation='local')  # what RAFTDVC(correlation=) calls
+  allpairs = corr.build(f0, f1, 2, 1, 'volraft', correlation='allpairs', lookup='slab')
   assert isinstance(local, corr_local.LocalCorr) and isinstance(allpairs, corr.AllPairsCorr)
+  assert allpairs.lookup == 'slab'
   np.testing.assert_allclose(jax.jit(local.__call__)(coords), jax.jit(allpairs.__call__)(coords), atol=2e-5)
-  with pytest.raises(ValueError, match='local'):
-    corr.AllPairsCorr.build(f0, f1, 2, 1, method='bogus')
+  with pytest.raises(ValueError, match='allpairs'):
+    corr.build(f0, f1, 2, 1, correlation='bogus')
+  with pytest.raises(ValueError, match='lookup'):
+    corr.AllPairsCorr.build(f0, f1, 2, 1, lookup='local')  # the two words are not mixed
 
 
 def test_the_memory_planner_knows_local():
   from raftdvc_jax.infer import memory
   from raftdvc_jax.model.config import S2
   allpairs = memory.tile_memory(S2, (96, 96, 96)).total
-  local = memory.tile_memory(S2, (96, 96, 96), corr_method='local').total
+  local = memory.tile_memory(S2, (96, 96, 96), correlation='local').total
   assert allpairs > 40 * 2**30  # level 0 alone is 49 GB at a 48^3 feature grid
   assert local < 6 * 2**30      # the s2 arm's whole 96^3 volume ran at 2.25 GiB peak RSS (docs/performance.md)
-  assert memory.choose_corr_method(S2, (96,) * 3, 1, int(1.01 * local)) == 'local'
-  assert memory.choose_corr_method(S2, (16,) * 3, 1, int(1.01 * local)) == 'allpairs'
-  assert memory.choose_corr_method(S2, (96,) * 3, 1, 2**20, 'allpairs') == 'allpairs'  # explicit: as given
+  assert memory.choose_correlation(S2, (96,) * 3, 1, int(1.01 * local)) == 'local'
+  assert memory.choose_correlation(S2, (16,) * 3, 1, int(1.01 * local)) == 'allpairs'
+  assert memory.choose_correlation(S2, (96,) * 3, 1, 2**20, 'allpairs') == 'allpairs'  # explicit: as given
   # auto plans with local where all-pairs cannot take one tile; all-pairs' refusal points to local.
-  assert memory.pick_batch(S2, (96,) * 3, budget=int(1.01 * local), corr_method='auto') == 1
-  with pytest.raises(memory.TileTooLargeError, match='use --corr_method local'):
+  assert memory.pick_batch(S2, (96,) * 3, budget=int(1.01 * local), correlation='auto') == 1
+  with pytest.raises(memory.TileTooLargeError, match='use --correlation local'):
     memory.pick_batch(S2, (96,) * 3, budget=int(1.01 * local))
-  assert memory.largest_cube_tile(S2, int(1.01 * local), corr_method='auto') >= 96
+  assert memory.largest_cube_tile(S2, int(1.01 * local), correlation='auto') >= 96
 
 
 def test_estimator_auto_runs_local_when_all_pairs_does_not_fit(monkeypatch):
@@ -164,7 +167,7 @@ def test_estimator_auto_runs_local_when_all_pairs_does_not_fit(monkeypatch):
   real = estimator_lib._tile_fn
   monkeypatch.setattr(estimator_lib, '_tile_fn', lambda c, m, *a: methods.append(m) or real(c, m, *a))
   auto = estimator_lib.FlowEstimator(cfg, variables)
-  allpairs = estimator_lib.FlowEstimator(cfg, variables, corr_method='allpairs')
+  allpairs = estimator_lib.FlowEstimator(cfg, variables, correlation='allpairs')
   monkeypatch.setattr(memory, 'default_budget', lambda: local)  # room for local only
   flow = auto(vol0, vol1)
   monkeypatch.setattr(memory, 'default_budget', lambda: 2**40)

@@ -141,7 +141,7 @@ def test_auto_batch_and_a_tile_that_cannot_fit(estimator, variables, volumes, mo
   # 4 GiB budget it is refused before anything is read, naming a tile that fits.
   monkeypatch.setattr(memory, 'default_budget', lambda: 4 << 30)
   huge = np.broadcast_to(np.float32(0), (256, 256, 256))
-  for est in (estimator, FlowEstimator(CONFIG, variables, corr_method='allpairs')):
+  for est in (estimator, FlowEstimator(CONFIG, variables, correlation='allpairs')):
     with pytest.raises(memory.TileTooLargeError, match=r'256x256x256 tile needs .* use --tile \d+ or smaller'):
       est.tiled(huge, huge, tile=0)
   assert [balanced_batch(64, n) for n in (27, 100, 200, 0)] == [27, 50, 50, 1]
@@ -262,8 +262,8 @@ def test_infer_cli_refuses_bad_input(converted, cache_dir):
        'tile of the {} arm (4, 4, 4) is too small for this network: every side must be >= 5'.format(p['ckpt'])),
       (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--tile', '8,x'], "tile '8,x' is not N or X,Y,Z"),
       (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--overlap', '1'], 'overlap must be a fraction in [0, 1)'),
-      # All-pairs on a whole 256^3 volume cannot fit (--corr_method auto would run it with 'local').
-      (base + ['--vol0', p['huge0'], '--vol1', p['huge1'], '--corr_method', 'allpairs'], 'tile needs'),
+      # All-pairs on a whole 256^3 volume cannot fit (--correlation auto would run it with 'local').
+      (base + ['--vol0', p['huge0'], '--vol1', p['huge1'], '--correlation', 'allpairs'], 'tile needs'),
       (base + ['--vol0', p['vol0'], '--vol1', p['vol1'], '--mask', p['small']], 'mask shape (4, 24, 20) does not'),
       (base + ['--vol0', p['nan_outside'], '--vol1', p['vol1'], '--tile', '16', '--mask', p['vol0']],
        f'{p["nan_outside"]}: holds non-finite values (NaN or inf) in the tile at'),
@@ -299,7 +299,7 @@ def test_infer_cli_help_documents_every_flag():
                'strategy', 'iters', 'tile', 'overlap', 'blend', 'batch', 'coarse_checkpoint', 'demo',
                'demo_size', 'demo_output', 'seed', 'progress', 'overwrite', 'refine', 'subset', 'node_step',
                'shape_order', 'search_reach', 'strain', 'voxel_size', 'unit', 'formats', 'figures',
-               'corr_method'):
+               'correlation', 'lookup'):
     line = next((l for l in run.stdout.splitlines() if l.strip().startswith(f'--{flag}:')
                  or l.strip().startswith(f'--[no]{flag}:')), None)
     assert line is not None and len(line.split(':', 1)[1].strip()) > 3, flag

@@ -47,3 +47,20 @@ def test_shipped_starter_records_the_tiles_it_was_trained_for():
   # What infer.py and eval_weights run with: the recommendation fills only what the caller left open.
   assert est.tiling() == (64, 0.5) and est.tiling(overlap=0.25) == (64, 0.25)
   assert est.tiling(32) == (32, None) and est.tiling(0, 0.3) == (0, 0.3)
+
+
+def test_a_model_config_with_the_old_correlation_word_still_loads(tmp_path):
+  """model_config.json files written with 'corr_method' (or the new run-time words) load unchanged."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / 'old'
+  shutil.copytree(weights.directory('s4-starter'), folder)
+  with open(folder / 'model_config.json') as f:
+    config = json.load(f)
+  with open(folder / 'model_config.json', 'w') as f:
+    json.dump(dict(config, corr_method='auto', lookup='slab'), f)
+  assert raftdvc_jax.load(str(folder)).config == raftdvc_jax.load('s4-starter').config
+  with open(folder / 'model_config.json', 'w') as f:
+    json.dump(dict(config, corr_levels_typo=2), f)
+  with pytest.raises(ValueError, match='unknown keys'):
+    raftdvc_jax.load(str(folder))

@@ -8,7 +8,7 @@ Per grid: the time of one jitted build + lookup of a (grid^3, 128-channel) featu
 method. All-pairs is only run where its estimate is under --max_allpairs_gib (its memory is always
 reported). The lookup coordinates follow a smooth flow (--flow smooth: tiles share blocks) or i.i.d.
 jumps of up to 3 voxels (--flow wild: the per-query fallback). With --model, one forward of that preset
-with corr_method='local' on a synthetic bead pair; it reports time and the process's peak RSS, so run it
+with correlation='local' on a synthetic bead pair; it reports time and the process's peak RSS, so run it
 in a process of its own.
 """
 
@@ -32,7 +32,7 @@ flags.DEFINE_boolean('backward', False, 'Also time forward+backward (gradient to
 flags.DEFINE_string('model', '', 'If set, a preset (s2, s4, s8): time one forward of the model instead.')
 flags.DEFINE_integer('size', 96, 'Volume side for --model.')
 flags.DEFINE_integer('iters', 12, 'Iterations for --model.')
-flags.DEFINE_enum('method', 'local', ['local', 'allpairs'], 'Correlation for --model.')
+flags.DEFINE_enum('correlation', 'local', ['local', 'allpairs'], 'Correlation for --model.')
 
 
 def _median(fn, *args):
@@ -73,7 +73,7 @@ def lookup_row(grid: int, method: str, run: bool):
   f0, f1, coords = lookup_inputs(grid, FLAGS.channels, FLAGS.flow)
 
   def forward(a, b, c):
-    return corr.AllPairsCorr.build(a, b, FLAGS.levels, FLAGS.radius, 'exact', method)(c)
+    return corr.build(a, b, FLAGS.levels, FLAGS.radius, 'exact', method)(c)
 
   fwd = jax.jit(forward)
   temp = fwd.lower(f0, f1, coords).compile().memory_analysis().temp_size_in_bytes / 2**30
@@ -98,7 +98,7 @@ def model_run() -> str:
   pair = synthetic.make_pair(synthetic.preset('r4_64', size=FLAGS.size), 0)
   vol0, vol1 = (np.asarray(pair[k], np.float32)[None] for k in ('I1', 'I2'))
   variables = init_params(cfg, jax.random.key(0))
-  model = RAFTDVC(cfg, corr_method=FLAGS.method)
+  model = RAFTDVC(cfg, correlation=FLAGS.correlation)
   fwd = jax.jit(lambda v, a, b: model.apply(v, a, b, iters=FLAGS.iters).flow)
   start = time.perf_counter()
   jax.block_until_ready(fwd(variables, vol0, vol1))
@@ -106,7 +106,7 @@ def model_run() -> str:
   start = time.perf_counter()
   jax.block_until_ready(fwd(variables, vol0, vol1))
   second = time.perf_counter() - start
-  return (f'{FLAGS.model} {FLAGS.size}^3, {FLAGS.iters} iterations, corr_method={FLAGS.method}: '
+  return (f'{FLAGS.model} {FLAGS.size}^3, {FLAGS.iters} iterations, correlation={FLAGS.correlation}: '
           f'first call (with compile) {first:.1f} s, second {second:.1f} s, peak RSS {peak_rss_gib():.2f} GiB')
 
 

@@ -35,7 +35,7 @@ flags.DEFINE_integer('batch', 1, 'Batch size.')
 flags.DEFINE_integer('repeats', 3, 'Timed runs after the warm-up; the median is reported.')
 flags.DEFINE_enum('framework', 'both', ['both', 'jax', 'torch'], 'Which implementation to time.')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'JAX compute dtype of the convolutions.')
-flags.DEFINE_string('corr_method', 'auto', 'JAX correlation lookup formulation.')
+flags.DEFINE_string('lookup', 'auto', 'JAX correlation lookup formula (model/corr.py LOOKUPS).')
 flags.DEFINE_enum('what', 'both', ['both', 'forward', 'train'], 'Forward, training step, or both.')
 flags.DEFINE_enum('mode', 'alternate', ['alternate', 'separate'], 'Both frameworks alternated in one process '
                   '(ratios), or each in its own process (peak memory).')
@@ -68,7 +68,7 @@ def build_jax(what):
 
   config = preset(FLAGS.preset)
   dtype = jnp.bfloat16 if FLAGS.dtype == 'bfloat16' else None
-  model = RAFTDVC(config, corr_method=FLAGS.corr_method, dtype=dtype)
+  model = RAFTDVC(config, lookup=FLAGS.lookup, dtype=dtype)
   variables = init_params(config, jax.random.key(0))
   vol0, vol1, flow = (jnp.asarray(a) for a in _inputs(FLAGS.batch, FLAGS.size))
   iters = FLAGS.iters

@@ -128,7 +128,7 @@ def corr_rows() -> list[tuple]:
   variables = init_params(cfg, jax.random.key(0))
   rows = []
   for method in ('allpairs', 'local'):
-    model = RAFTDVC(cfg, corr_method=method)
+    model = RAFTDVC(cfg, correlation=method)
     fwd = jax.jit(lambda v, a, b, m=model: m.apply(v, a, b).flow)
     compiled = fwd.lower(variables, pair['vol0'], pair['vol1']).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**30

@@ -68,9 +68,12 @@ _VOXEL_SIZE = flags.DEFINE_string('voxel_size', '1,1,1', 'With --strain: voxel s
 _UNIT = flags.DEFINE_string('unit', 'voxel', 'With --strain: unit of --voxel_size (e.g. um).')
 _FORMATS = flags.DEFINE_string('formats', 'npz,vti', 'With --strain: formats (npz,vti,tsv,tif,aldvc,csv).')
 _FIGURES = flags.DEFINE_bool('figures', False, 'With --strain: a PNG report of slices.')
-_CORR_METHOD = flags.DEFINE_enum('corr_method', 'auto', ['auto', 'allpairs', 'local'], 'Correlation: all-pairs '
+_CORRELATION = flags.DEFINE_enum('correlation', 'auto', ['auto', 'allpairs', 'local'], 'Correlation: all-pairs '
                                   'pyramid (fastest), or window by window (same result, memory-light); auto = '
                                   'all-pairs when a tile fits the device memory with it, else local.')
+LOOKUPS = ('auto', 'reference', 'separable', 'slab')  # model.corr.LOOKUP_CHOICES (not imported: --help stays light)
+_LOOKUP = flags.DEFINE_enum('lookup', 'auto', list(LOOKUPS), 'Formula that reads the all-pairs pyramid (all give the '
+                            'same numbers; auto picks the fastest per level, model/corr.py).')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show progress bars on stderr.')
 _DEMO = flags.DEFINE_bool('demo', False, 'Estimate the flow of a synthetic bead pair with a known field, print '
                           'the end-point error and write a PNG of central slices.')
@@ -116,7 +119,7 @@ def pipeline(estimator=None, label=None, hooks=()):
   from raftdvc_jax.infer.estimator import load  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
   if estimator is None:
-    estimator, label = load(_CHECKPOINT.value, corr_method=_CORR_METHOD.value), _CHECKPOINT.value
+    estimator, label = load(_CHECKPOINT.value, correlation=_CORRELATION.value, lookup=_LOOKUP.value), _CHECKPOINT.value
   say(f'fine arm {label}: {estimator.config.describe()}')
   coarse = load(_COARSE.value) if _COARSE.value else None
   if coarse is not None:

@@ -17,6 +17,7 @@ from raftdvc_jax.infer import memory
 from raftdvc_jax.infer import tiled as tiled_runner
 from raftdvc_jax.infer import tiling
 from raftdvc_jax.model.config import ModelConfig
+from raftdvc_jax.model.corr import CORRELATIONS, LOOKUP_CHOICES
 from raftdvc_jax.model.raft import RAFTDVC
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,13 @@ TRACES: collections.Counter = collections.Counter()
 
 
 @functools.lru_cache(maxsize=16)
-def _tile_fn(config: ModelConfig, corr_method: str, dtype, iters: int) -> Callable:
+def _tile_fn(config: ModelConfig, correlation: str, lookup: str, dtype, iters: int) -> Callable:
   """The tile function (variables, vol0, vol1[, flow_init]) -> (B, t0, t1, t2, 3) of one network.
 
   Cached so that every estimator with this network shares one function object: the runner's compiled
   programs are keyed by it, so a fresh object per call would compile again.
   """
-  apply = tiled_runner.model_apply_fn(RAFTDVC(config, corr_method=corr_method, dtype=dtype), iters)
+  apply = tiled_runner.model_apply_fn(RAFTDVC(config, correlation=correlation, lookup=lookup, dtype=dtype), iters)
 
   def counted(variables, vol0, vol1, flow_init=None):
     TRACES[config, tuple(vol0.shape[1:]), iters] += 1  # runs at trace time only
@@ -77,8 +78,8 @@ class FlowEstimator:
   (tile shape, batch, iterations) and reused; the weights stay on the devices between calls.
   """
 
-  def __init__(self, config: ModelConfig, variables: Mapping, corr_method: str = 'auto', dtype=None,
-               provenance: Optional[Mapping[str, Any]] = None):
+  def __init__(self, config: ModelConfig, variables: Mapping, correlation: str = 'auto', dtype=None,
+               provenance: Optional[Mapping[str, Any]] = None, lookup: str = 'auto'):
     if not isinstance(config, ModelConfig):
       raise TypeError(f'config must be a ModelConfig, got {type(config).__name__}')
     if 'params' not in variables:
@@ -86,7 +87,11 @@ class FlowEstimator:
     self._config = config
     # iters is passed per call, so configs that differ only in their default share one compiled function.
     self._net_config = config.replace(iters=1)
-    self._corr_method = corr_method
+    if correlation not in CORRELATIONS:
+      raise ValueError(f'unknown correlation {correlation!r}; choose from {CORRELATIONS}')
+    if lookup not in LOOKUP_CHOICES:
+      raise ValueError(f'unknown lookup {lookup!r}; choose from {LOOKUP_CHOICES}')
+    self._correlation, self._lookup = correlation, lookup
     self._dtype = dtype
     # Replicated over the local devices as the runner wants them, so no call copies the weights again.
     replicated = NamedSharding(tiled_runner.data_mesh(), PartitionSpec())
@@ -153,7 +158,7 @@ class FlowEstimator:
     devices = jax.local_device_count()
     cpu = jax.local_devices()[0].platform == 'cpu'
     cap = memory.pick_batch(self._config, plan.tile, devices=devices, max_per_device=1 if cpu else 64,
-                            corr_method=self._corr_method)
+                            correlation=self._correlation)
     tiles = plan.num_tiles if mask is None else len(plan.select(mask))
     return plan, balanced_batch(cap, tiles, devices)
 
@@ -170,11 +175,11 @@ class FlowEstimator:
       return (0 if tile is None else tile), overlap
     return rec[0], rec[1] if overlap is None else overlap
 
-  def corr_method_for(self, tile: Sequence[int], batch: int = 1) -> str:
+  def correlation_for(self, tile: Sequence[int], batch: int = 1) -> str:
     """The correlation a batch of tiles runs with: 'auto' is 'allpairs' when it fits the device, else 'local'."""
     per_device = max(1, -(-int(batch) // jax.local_device_count()))
-    method = memory.choose_corr_method(self._config, tile, per_device, corr_method=self._corr_method)
-    if method == 'local' and self._corr_method == 'auto':
+    method = memory.choose_correlation(self._config, tile, per_device, correlation=self._correlation)
+    if method == 'local' and self._correlation == 'auto':
       need = memory.tile_memory(self._config, tile, per_device, 'allpairs').total
       log.info('all-pairs correlation would need ~%.1f GiB for %d tile(s) of %s; using the memory-light local '
                'correlation (same result)', need / 2**30, per_device, 'x'.join(map(str, tile)))
@@ -202,7 +207,7 @@ class FlowEstimator:
     if blend not in tiling.BLENDS:  # before the memory plan, which would not look at it
       raise ValueError(f'blend {blend!r} is not one of {", ".join(tiling.BLENDS)}')
     plan, batch = self.plan(shape, tile, overlap, mask, batch)
-    fn = _tile_fn(self._net_config, self.corr_method_for(plan.tile, batch), self._dtype, iters)
+    fn = _tile_fn(self._net_config, self.correlation_for(plan.tile, batch), self._lookup, self._dtype, iters)
     with self._lock:  # one run at a time: the runner owns the devices while it streams tiles
       return tiled_runner.run_tiled(fn, vol0, vol1, tile, overlap, blend, batch, mask, flow_init_fn, progress,
                                     params=self._variables, min_size=self._config.min_size,
@@ -222,7 +227,8 @@ class FlowEstimator:
 
 
 def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_type: Optional[str] = None,
-         sampler: Optional[str] = None, corr_method: str = 'auto', dtype=None, which: str = 'best') -> FlowEstimator:
+         sampler: Optional[str] = None, correlation: str = 'auto', dtype=None, which: str = 'best',
+         lookup: str = 'auto') -> FlowEstimator:
   """A FlowEstimator from shipped weights ('s4-starter'), a converted directory, a training run or a .pth/.pt.
 
   convert.resolve says what the path is: a training run loads its `which` step ('best' by validation EPE,
@@ -232,5 +238,5 @@ def load(path, fmt: str = 'auto', volraft_config: Optional[str] = None, encoder_
   """
   from raftdvc_jax.convert.resolve import resolve  # pylint: disable=import-outside-toplevel
   found = resolve(path, which, fmt, volraft_config, encoder_type, sampler)
-  return FlowEstimator(found.config, found.variables, corr_method=corr_method, dtype=dtype,
-                       provenance=found.provenance)
+  return FlowEstimator(found.config, found.variables, correlation=correlation, dtype=dtype,
+                       provenance=found.provenance, lookup=lookup)

@@ -88,10 +88,10 @@ def param_bytes(cfg: ModelConfig) -> int:
   return F32 * (encoder(cfg.feature_dim) + encoder(cfg.hidden_dim + cfg.context_dim) + update)
 
 
-def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, corr_method: str = 'allpairs') -> TileMemory:
+def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, correlation: str = 'allpairs') -> TileMemory:
   """Estimates the device bytes of one forward over `batch` tiles of shape `tile` with model `cfg`.
 
-  corr_method 'local' (model/corr_local.py) replaces the all-pairs build and pyramid by its pooled features
+  correlation 'local' (model/corr_local.py) replaces the all-pairs build and pyramid by its pooled features
   and one query chunk's working set.
   """
   tile = tuple(int(t) for t in tile)
@@ -108,9 +108,9 @@ def tile_memory(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, corr_meth
       # fnet sees both volumes, cnet the reference: three encoder passes of the same width.
       encoders=F32 * 3 * batch * stem_voxels * (ENCODER_LIVE_CHANNELS + ENCODER_IM2COL_CHANNELS),
       features=F32 * batch * n * (2 * cfg.feature_dim + cfg.hidden_dim + cfg.context_dim),
-      correlation=0 if corr_method == 'local' else CORR_BUILD_COPIES * F32 * batch * n * n,
+      correlation=0 if correlation == 'local' else CORR_BUILD_COPIES * F32 * batch * n * n,
       pyramid=(corr_local.local_bytes(grid, cfg.corr_levels, cfg.corr_radius, cfg.feature_dim, batch)
-               if corr_method == 'local' else pyramid_bytes(grid, cfg.corr_levels, batch)),
+               if correlation == 'local' else pyramid_bytes(grid, cfg.corr_levels, batch)),
       iteration=F32 * batch * n * (cfg.corr_levels * (k + slab) + UPDATE_LIVE_CHANNELS))
 
 
@@ -135,49 +135,49 @@ def default_budget() -> int:
   return int(BUDGET_FRACTION * device_memory_bytes())
 
 
-def choose_corr_method(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, budget: int | None = None,
-                       corr_method: str = 'auto') -> str:
-  """Resolves corr_method 'auto': 'allpairs' (fastest) when a batch of tiles fits the budget with it, else 'local'.
+def choose_correlation(cfg: ModelConfig, tile: Sequence[int], batch: int = 1, budget: int | None = None,
+                       correlation: str = 'auto') -> str:
+  """Resolves correlation 'auto': 'allpairs' (fastest) when a batch of tiles fits the budget with it, else 'local'.
 
   'allpairs' and 'local' are returned as given.
   """
-  if corr_method != 'auto':
-    return corr_method
+  if correlation != 'auto':
+    return correlation
   budget = default_budget() if budget is None else budget
   return 'allpairs' if tile_memory(cfg, tile, batch, 'allpairs').total <= budget else 'local'
 
 
-def largest_cube_tile(cfg: ModelConfig, budget: int, upto: int = 1024, corr_method: str = 'allpairs') -> int:
+def largest_cube_tile(cfg: ModelConfig, budget: int, upto: int = 1024, correlation: str = 'allpairs') -> int:
   """The largest cubic tile side (a multiple of the stride, >= cfg.min_size) whose batch of one fits budget."""
   best = 0
   side = cfg.stride * -(-cfg.min_size // cfg.stride)
   while side <= upto:
     cube = (side,) * 3
-    if tile_memory(cfg, cube, 1, choose_corr_method(cfg, cube, 1, budget, corr_method)).total <= budget:
+    if tile_memory(cfg, cube, 1, choose_correlation(cfg, cube, 1, budget, correlation)).total <= budget:
       best = side
     side += cfg.stride
   return best
 
 
 def pick_batch(cfg: ModelConfig, tile: Sequence[int], budget: int | None = None, devices: int = 1,
-               max_per_device: int = 64, corr_method: str = 'allpairs') -> int:
+               max_per_device: int = 64, correlation: str = 'allpairs') -> int:
   """The largest total batch (a multiple of `devices`) whose per-device share fits the budget.
 
   budget is bytes per device (default_budget()); the share is capped at max_per_device, beyond which larger
-  batches stop paying on any device. corr_method 'auto' plans all-pairs batches while one tile fits with it,
-  else 'local' ones (choose_corr_method then gives the method for the batch). Raises TileTooLargeError,
+  batches stop paying on any device. correlation 'auto' plans all-pairs batches while one tile fits with it,
+  else 'local' ones (choose_correlation then gives the method for the batch). Raises TileTooLargeError,
   naming a tile size that would fit, when even one tile per device does not.
   """
   tile = tuple(int(t) for t in tile)
   budget = default_budget() if budget is None else budget
-  method = choose_corr_method(cfg, tile, 1, budget, corr_method)
+  method = choose_correlation(cfg, tile, 1, budget, correlation)
   one = tile_memory(cfg, tile, 1, method)
   if one.total > budget:
-    side = largest_cube_tile(cfg, budget, corr_method=corr_method)
+    side = largest_cube_tile(cfg, budget, correlation=correlation)
     hint = (f'use --tile {side} or smaller' if side else
             f'no tile of at least {cfg.min_size} voxels fits; free device memory or use a coarser arm')
     if method == 'allpairs' and tile_memory(cfg, tile, 1, 'local').total <= budget:
-      hint = 'use --corr_method local (or auto), or a smaller --tile'
+      hint = 'use --correlation local (or auto), or a smaller --tile'
     held = f'all-pairs correlation {_gib(one.correlation)}' if method == 'allpairs' else 'local correlation'
     raise TileTooLargeError(
         f'a {"x".join(map(str, tile))} tile needs ~{_gib(one.total)} with the {cfg.encoder_type} encoder '
@@ -189,8 +189,8 @@ def pick_batch(cfg: ModelConfig, tile: Sequence[int], budget: int | None = None,
 
 
 def auto_batch(cfg: ModelConfig, shape: Sequence[int], tile, budget: int | None = None,
-               devices: int | None = None, corr_method: str = 'allpairs') -> int:
+               devices: int | None = None, correlation: str = 'allpairs') -> int:
   """pick_batch for the tile a volume of `shape` actually gets (tile parsed and clipped as plan_tiles does)."""
   requested = tiling.parse_tile(tile)
   clipped = tuple(n if t == 0 else min(t, n) for t, n in zip(requested, shape))
-  return pick_batch(cfg, clipped, budget, devices or jax.local_device_count(), corr_method=corr_method)
+  return pick_batch(cfg, clipped, budget, devices or jax.local_device_count(), correlation=correlation)

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from raftdvc_jax import runtime
 from raftdvc_jax.data import masks
 
 BLENDS = ('gaussian', 'cosine', 'uniform')
@@ -162,7 +163,7 @@ class Stitcher:
     self.channels = channels
     count = math.prod(self.shape)
     need = 4 * count * (channels + 1)
-    self.memmapped = need > available_ram_bytes() // 2 if memmap is None else bool(memmap)
+    self.memmapped = need > runtime.available_ram_bytes() // 2 if memmap is None else bool(memmap)
     if self.memmapped:
       # One file for both accumulators; weights after the flow. The file object keeps the data alive.
       self._file = tempfile.TemporaryFile(dir=tmp_dir, prefix='raftdvc_stitch_')

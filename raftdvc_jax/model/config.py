@@ -34,6 +34,10 @@ SAMPLERS = ('exact', 'raftdvc_v1', 'volraft')
 UNCERTAINTY = ('none', 'nll', 'mol')
 
 
+# How the correlation is computed, chosen at run time (FlowEstimator, RAFTDVC, config.train), never stored.
+RUNTIME_KEYS = ('corr_method', 'correlation', 'lookup')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hyper-parameters of one RAFT-DVC / VolRAFT network; field names follow RAFT-DVC's model_config."""
@@ -117,8 +121,14 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> 'ModelConfig':
-    """Builds a config from a dict; unknown keys are an error so that a typo never passes silently."""
+    """Builds a config from a dict; unknown keys are an error so that a typo never passes silently.
+
+    The run-time choices of how to compute the correlation (RUNTIME_KEYS: 'corr_method', the old single word
+    for both, and 'correlation' / 'lookup') are not part of a network and are dropped, so model_config.json
+    files that carry them still load.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
+    d = {k: v for k, v in d.items() if k not in RUNTIME_KEYS}
     unknown = sorted(set(d) - names)
     if unknown:
       raise ValueError(f'ModelConfig: unknown keys {unknown}')

@@ -42,15 +42,17 @@ def lookup_reference(level, centroid, radius: int, sampler: str):
   return jax.vmap(jax.vmap(one))(level, *pos)
 
 
-# method -> lookup(level, centroid, radius, sampler); 'auto' chooses between the fast ones per level.
+# lookup -> fn(level, centroid, radius, sampler): the formula that reads a pyramid level; 'auto' chooses between
+# the fast exact ones per level.
 LOOKUPS = {
     'reference': lookup_reference,
     'separable': corr_fast.lookup_separable,
     'slab': corr_fast.lookup_slab,
 }
-METHODS = ('auto', *LOOKUPS)
-# The correlation itself: 'allpairs' stores the pyramid (lookup 'auto'), 'local' only the features.
-CORR_METHODS = ('auto', 'allpairs', 'local')
+LOOKUP_CHOICES = ('auto', *LOOKUPS)
+# The correlation itself (a question of memory): 'allpairs' stores the pyramid, 'local' only the features
+# (corr_local.py, the same numbers); 'auto' lets the estimator choose by what fits (infer/memory.py).
+CORRELATIONS = ('auto', 'allpairs', 'local')
 
 
 def all_pairs(fmap0, fmap1):
@@ -70,7 +72,7 @@ def avg_pool2(x):
   return x.mean(axis=(-5, -3, -1))
 
 
-def auto_method(shape: Sequence[int], radius: int, sampler: str) -> str:
+def auto_lookup(shape: Sequence[int], radius: int, sampler: str) -> str:
   """The faster exact lookup for a level: 'separable' reads the whole level, 'slab' a block per query."""
   # tools/bench_lookup.py on CPU: 16^3 level r=4 slab 44/96 ms vs separable 96/153 ms forward/backward;
   # an 8^3 level separable 10 vs 15 ms. So slab wins once the level outgrows one (2r+2)^3 block.
@@ -78,15 +80,15 @@ def auto_method(shape: Sequence[int], radius: int, sampler: str) -> str:
   return 'separable' if small or has_rescale(shape, sampler) else 'slab'
 
 
-def lookup_level(level, centroid, radius: int, sampler: str, method: str = 'auto'):
+def lookup_level(level, centroid, radius: int, sampler: str, lookup: str = 'auto'):
   """Samples one level (B, N, S0, S1, S2) around centroids (B, N, 3) -> (B, N, K, K, K) in query order."""
   shape = level.shape[2:]
   if min(shape) == 1:  # grid_sample's division by zero (S - 1 = 0): the whole level reads zeros
     k_win = 2 * radius + 1
     return jnp.zeros((*level.shape[:2], k_win, k_win, k_win), level.dtype)
-  if method == 'auto':
-    method = auto_method(shape, radius, sampler)
-  return LOOKUPS[method](level, centroid, radius, sampler)
+  if lookup == 'auto':
+    lookup = auto_lookup(shape, radius, sampler)
+  return LOOKUPS[lookup](level, centroid, radius, sampler)
 
 
 @flax.struct.dataclass
@@ -96,29 +98,26 @@ class AllPairsCorr:
   levels: tuple
   radius: int = flax.struct.field(pytree_node=False)
   sampler: str = flax.struct.field(pytree_node=False)
-  method: str = flax.struct.field(pytree_node=False, default='auto')
+  lookup: str = flax.struct.field(pytree_node=False, default='auto')
 
   @classmethod
-  def build(cls, fmap0, fmap1, num_levels: int, radius: int, sampler: str = 'exact', method: str = 'auto'):
+  def build(cls, fmap0, fmap1, num_levels: int, radius: int, sampler: str = 'exact', lookup: str = 'auto'):
     """Correlates (B, X0, X1, X2, C) feature maps and pools the targets num_levels - 1 times."""
     if sampler not in SAMPLER_AXES:
       raise ValueError(f'unknown sampler {sampler!r}; choose from {sorted(SAMPLER_AXES)}')
-    if method == 'local':  # the memory-light lookup straight from the features (corr_local.py)
-      return corr_local.LocalCorr.build(fmap0, fmap1, num_levels, radius, sampler)
-    method = 'auto' if method == 'allpairs' else method
-    if method not in METHODS:
-      raise ValueError(f'unknown lookup method {method!r}; choose from {(*METHODS, *CORR_METHODS[1:])}')
+    if lookup not in LOOKUP_CHOICES:
+      raise ValueError(f'unknown lookup {lookup!r}; choose from {LOOKUP_CHOICES}')
     levels = [all_pairs(fmap0, fmap1)]
     for _ in range(num_levels - 1):
       if min(levels[-1].shape[2:]) < 2:
         raise ValueError(f'feature grid {fmap0.shape[1:4]} is too small for {num_levels} pyramid levels')
       levels.append(avg_pool2(levels[-1]))
-    return cls(tuple(levels), radius, sampler, method)
+    return cls(tuple(levels), radius, sampler, lookup)
 
   def __call__(self, coords):
     b, *spatial, _ = coords.shape
     centroid = at_least_float32(coords.reshape(b, -1, 3))
-    out = [lookup_level(level, centroid / 2**i, self.radius, self.sampler, self.method)
+    out = [lookup_level(level, centroid / 2**i, self.radius, self.sampler, self.lookup)
            for i, level in enumerate(self.levels)]
     out = jnp.stack(out, axis=2)  # (B, N, L, K, K, K)
     return out.reshape(b, *spatial, -1)
@@ -132,3 +131,15 @@ def pyramid_bytes(feature_shape: Sequence[int], num_levels: int, batch: int = 1)
     total += n * math.prod(shape)
     shape = [s // 2 for s in shape]
   return 4 * batch * total
+
+
+def build(fmap0, fmap1, num_levels: int, radius: int, sampler: str = 'exact', correlation: str = 'allpairs',
+          lookup: str = 'auto'):
+  """The correlation of two feature maps: the all-pairs pyramid (AllPairsCorr, read by `lookup`), or
+  'local' windows computed from the features (corr_local.LocalCorr, the same numbers, far less memory)."""
+  if correlation == 'local':
+    return corr_local.LocalCorr.build(fmap0, fmap1, num_levels, radius, sampler)
+  if correlation != 'allpairs':
+    raise ValueError(f"unknown correlation {correlation!r}; the network takes 'allpairs' or 'local' "
+                     "('auto' is the estimator's choice by memory)")
+  return AllPairsCorr.build(fmap0, fmap1, num_levels, radius, sampler, lookup)

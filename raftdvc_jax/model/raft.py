@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from raftdvc_jax.model.config import ModelConfig
-from raftdvc_jax.model.corr import AllPairsCorr
+from raftdvc_jax.model import corr as corr_lib
 from raftdvc_jax.model.encoder import ContextEncoder, Encoder
 from raftdvc_jax.model.layers import Dtype, at_least_float32, resize_trilinear
 from raftdvc_jax.model.update import UpdateBlock
@@ -102,7 +102,8 @@ class RAFTDVC(nn.Module):
   """
 
   config: ModelConfig
-  corr_method: str = 'auto'   # lookup formulation, see corr.py; 'auto' picks the fastest exact one
+  correlation: str = 'allpairs'  # 'allpairs' pyramid or memory-light 'local' windows (corr.py), same numbers
+  lookup: str = 'auto'        # formula reading the pyramid (corr.LOOKUPS); 'auto' picks the fastest exact one
   dtype: Dtype | None = None  # compute dtype of convolutions (e.g. bfloat16); correlation stays float32
   remat: bool = False         # recompute each iteration's activations in the backward pass
 
@@ -118,7 +119,8 @@ class RAFTDVC(nn.Module):
     if fmap0.shape[1:4] != grid:
       raise ValueError(f'encoder {cfg.encoder_type!r} gives a {fmap0.shape[1:4]} grid for input {tuple(size)}'
                        f', not ceil(size / {cfg.stride}) = {grid}; use even sizes')
-    corr_fn = AllPairsCorr.build(fmap0, fmap1, cfg.corr_levels, cfg.corr_radius, cfg.sampler, self.corr_method)
+    corr_fn = corr_lib.build(fmap0, fmap1, cfg.corr_levels, cfg.corr_radius, cfg.sampler, self.correlation,
+                             self.lookup)
     net, context = ContextEncoder(cfg.hidden_dim, cfg.context_dim, cfg.encoder_type, cfg.context_norm,
                                   cfg.volraft, train, self.dtype, name='cnet')(vol0)
 

@@ -47,7 +47,8 @@ def base_config(model: str = 's4', data: str = 'r4_64') -> ml_collections.Config
                                                 match_warmup=0))
   c.train.compute_dtype = 'float32'  # 'bfloat16': bf16 convolutions, float32 params and correlation
   c.train.remat = False              # recompute each iteration's activations in the backward pass
-  c.train.corr_method = 'auto'
+  c.train.correlation = 'allpairs'  # or 'local' (memory-light, same numbers); model/corr.py
+  c.train.lookup = 'auto'            # formula reading the pyramid: auto, reference, separable, slab
   c.train.log_every = 50
   c.train.eval_every = 1250          # 5 RAFT-DVC epochs of 250 steps
   c.train.checkpoint_every = 1250

@@ -70,6 +70,10 @@ def validate(config) -> ModelConfig:
     raise ValueError(f'config.train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {t.compute_dtype!r}')
   if t.seed < 0:
     raise ValueError(f'config.train.seed must be >= 0, got {t.seed}')
+  if t.correlation not in ('allpairs', 'local'):
+    raise ValueError(f"config.train.correlation must be 'allpairs' or 'local', got {t.correlation!r}")
+  if t.lookup not in ('auto', 'reference', 'separable', 'slab'):
+    raise ValueError(f'config.train.lookup must be auto, reference, separable or slab, got {t.lookup!r}')
   loss = _plain(t.loss)
   if loss.get('components', 'sum') not in ('sum', 'mean'):
     raise ValueError(f"config.train.loss.components must be 'sum' or 'mean', got {loss.get('components')!r}")
@@ -176,7 +180,7 @@ def evaluate(eval_step, variables, samples, batch_size: int, mesh) -> dict[str, 
 
 
 # The parts of config.train the compiled programs depend on; the rest (logging, data, seeds) do not.
-PROGRAM_KEYS = ('corr_method', 'compute_dtype', 'remat', 'schedule', 'num_steps', 'lr', 'weight_decay',
+PROGRAM_KEYS = ('correlation', 'lookup', 'compute_dtype', 'remat', 'schedule', 'num_steps', 'lr', 'weight_decay',
                 'clip_norm', 'loss')
 
 
@@ -202,7 +206,7 @@ def _programs(model_cfg: ModelConfig, train_json: str, devices: tuple) -> Progra
   """
   t = json.loads(train_json)
   mesh = step_lib.make_mesh(devices)
-  model = RAFTDVC(model_cfg, corr_method=t['corr_method'], dtype=COMPUTE_DTYPES[t['compute_dtype']],
+  model = RAFTDVC(model_cfg, correlation=t['correlation'], lookup=t['lookup'], dtype=COMPUTE_DTYPES[t['compute_dtype']],
                   remat=t['remat'])
   warmup = int(t['loss'].get('match_warmup', 0))
   schedule = schedule_lib.from_config(t['schedule'], t['num_steps'] - warmup, t['lr'])
