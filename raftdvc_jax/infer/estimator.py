@@ -150,17 +150,23 @@ class FlowEstimator:
     measured no gain), spread evenly over the batches; a tile that does not fit even alone raises
     memory.TileTooLargeError naming a tile size that would.
     """
+    plan, _, batch = self._plan(shape, tile, overlap, mask, batch)
+    return plan, batch
+
+  def _plan(self, shape, tile, overlap, mask, batch):
+    """(plan, the origins the mask selects or None without one, batch): plan()'s work, selecting once."""
     plan = tiling.plan_tiles(shape, tile, overlap, self._config.min_size)
+    selected = None if mask is None else plan.select(mask)
     if batch is not None:
       if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f'batch must be a positive integer, got {batch!r}')
-      return plan, int(batch)
+      return plan, selected, int(batch)
     devices = jax.local_device_count()
     cpu = jax.local_devices()[0].platform == 'cpu'
     cap = memory.pick_batch(self._config, plan.tile, devices=devices, max_per_device=1 if cpu else 64,
                             correlation=self._correlation)
-    tiles = plan.num_tiles if mask is None else len(plan.select(mask))
-    return plan, balanced_batch(cap, tiles, devices)
+    tiles = plan.num_tiles if selected is None else len(selected)
+    return plan, selected, balanced_batch(cap, tiles, devices)
 
   def recommended_tiling(self) -> tuple[int, float] | None:
     """(tile, overlap) the weights were made for (their provenance's 'inference'), or None: whole volumes."""
@@ -206,13 +212,14 @@ class FlowEstimator:
     shape = tiled_runner.validate_pair(vol0, vol1, mask)
     if blend not in tiling.BLENDS:  # before the memory plan, which would not look at it
       raise ValueError(f'blend {blend!r} is not one of {", ".join(tiling.BLENDS)}')
-    plan, batch = self.plan(shape, tile, overlap, mask, batch)
+    plan, selected, batch = self._plan(shape, tile, overlap, mask, batch)
     fn = _tile_fn(self._net_config, self.correlation_for(plan.tile, batch), self._lookup, self._dtype, iters)
     with self._lock:  # one run at a time: the runner owns the devices while it streams tiles
       return tiled_runner.run_tiled(fn, vol0, vol1, tile, overlap, blend, batch, mask, flow_init_fn, progress,
                                     params=self._variables, min_size=self._config.min_size,
                                     init_stride=self._config.stride, memmap=memmap,
-                                    return_summary=return_summary, across_processes=across_processes)
+                                    return_summary=return_summary, across_processes=across_processes,
+                                    selected=selected)
 
   def __call__(self, vol0, vol1, iters: Optional[int] = None) -> np.ndarray:
     """Flow (3, X0, X1, X2) float32 from vol0 to vol1, whole volume in one pass (tiled's one-tile case)."""

@@ -14,7 +14,7 @@ import math
 import queue
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from raftdvc_jax import batching
 from raftdvc_jax import progress as progress_lib
 from raftdvc_jax.infer import tiling
 
@@ -127,18 +128,98 @@ def _batches_in_background(make_batch: Callable, chunks: list, depth: int = 2):
         pass
 
 
+class _Work(NamedTuple):
+  """What one run_tiled call computes: the plan, this process's tiles in batches, and where they run."""
+
+  plan: tiling.TilePlan
+  chunks: list          # [(origins padded to `batch`, number of real ones)], this process's share
+  tiles: int            # this process's tiles
+  tiles_total: int      # the tiles every process runs together (mask applied)
+  batch: int
+  mesh: Mesh
+  index: int            # this process
+  count: int            # processes
+
+
+def _plan_work(shape, tile, overlap, min_size, mask, batch, devices, across_processes, selected) -> _Work:
+  """Plans the tiles, keeps those the mask needs, takes this process's share and sizes the batch."""
+  plan = tiling.plan_tiles(shape, tile, overlap, min_size)
+  origins = plan.select(mask) if selected is None else list(selected)
+  index, count = (jax.process_index(), jax.process_count()) if across_processes else (0, 1)
+  mine = share(origins, index, count)
+  devices = list(devices or jax.local_devices())
+  # Never pad beyond the tiles there are: a single tile then runs exactly the whole-volume forward.
+  batch = min(int(batch), max(len(mine), 1))
+  batch = -(-batch // len(devices)) * len(devices)
+  return _Work(plan, list(batching.padded_chunks(mine, batch)), len(mine), len(origins), batch,
+               data_mesh(devices), index, count)
+
+
+def _batch_reader(vol0, vol1, work: _Work, init_grid, flow_init_fn, shard) -> Callable:
+  """make_batch((origins, real)) -> device arrays [vol0, vol1[, flow_init]] of one batch (the reader thread's)."""
+  plan = work.plan
+
+  def make_batch(item):
+    chunk, real = item
+    arrays = [np.stack([vol[plan.slices(o)] for o in chunk]).astype(np.float32, copy=False)
+              for vol in (vol0, vol1)]
+    if init_grid is not None:
+      arrays.append(np.stack([flow_init_fn(o, plan.tile) for o in chunk]).astype(np.float32, copy=False))
+    for name, t in zip(('vol0', 'vol1', 'flow_init'), arrays):
+      finite = np.isfinite(t[:real]).reshape(real, -1).all(1)
+      if not finite.all():
+        where = chunk[int(np.argmin(finite))]
+        raise ValueError(f'{name}: holds non-finite values (NaN or inf) in the tile at {where}')
+    return [jax.device_put(a, shard) for a in arrays]
+
+  return make_batch
+
+
+def _run_and_blend(compiled, params, work: _Work, make_batch, stitcher, weights, progress: bool) -> None:
+  """Runs every batch (read one or two ahead, dispatched asynchronously) and blends each into the stitcher."""
+  bar = progress_lib.bar(work.tiles, 'tiles', progress, unit='tile')
+
+  def blend_in(item, flows):
+    chunk, real = item
+    for origin, f in zip(chunk[:real], np.asarray(flows)[:real]):  # np.asarray waits for the device
+      stitcher.add(origin, f, weights)
+    bar.update(real)
+
+  pending = None
+  try:
+    for item, arrays in _batches_in_background(make_batch, work.chunks):
+      out = compiled(params, *arrays) if params is not None else compiled(*arrays)
+      if pending is not None:
+        blend_in(*pending)
+      pending = (item, out)
+    if pending is not None:
+      blend_in(*pending)
+  finally:
+    bar.close()
+
+
+def _reduce_over_processes(stitcher, shape, work: _Work) -> None:
+  """Sums the blend accumulators over the processes onto process 0, in blocks of rows of axis 0."""
+  if work.count > 1:
+    rows = max(1, REDUCE_BYTES // (4 * (stitcher.channels + 1) * math.prod(shape[1:])))
+    for acc in (stitcher.flow.swapaxes(0, 1), stitcher.weight):
+      _sum_over_processes(acc, work.index == 0, rows)
+
+
 def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, blend: str = 'gaussian',
               batch: int = 1, mask=None, flow_init_fn: Callable | None = None, progress: bool = True, *,
               params=None, min_size: int = 1, init_stride: int | None = None, memmap: bool | None = None,
-              devices: Sequence[Any] | None = None, return_summary: bool = False, across_processes: bool = False):
+              devices: Sequence[Any] | None = None, return_summary: bool = False, across_processes: bool = False,
+              selected: Sequence | None = None):
   """Estimates a flow (3, X0, X1, X2) float32 by running apply_fn over blended tiles.
 
   apply_fn(vol0, vol1[, flow_init]) -> (B, t0, t1, t2, 3) on batches (B, t0, t1, t2) (with `params`, it is
   called as apply_fn(params, vol0, vol1[, flow_init]) and params are replicated on every device). tile is N,
   (X, Y, Z) or 'X,Y,Z' (0 = whole axis), clipped to the volume; min_size is the smallest side the model takes.
   batch is rounded up to a multiple of the device count and clipped to the number of tiles. With a mask,
-  tiles holding no mask voxel are skipped and the flow is 0 outside the mask. flow_init_fn(origin, tile) ->
-  (h0, h1, h2, 3) gives each tile a starting flow on its feature grid (h = ceil(t / init_stride)), e.g.
+  tiles holding no mask voxel are skipped and the flow is 0 outside the mask (`selected`: the origins
+  plan.select(mask) gives, when the caller has them already). flow_init_fn(origin, tile) -> (h0, h1, h2, 3)
+  gives each tile a starting flow on its feature grid (h = ceil(t / init_stride)), e.g.
   coarse_to_fine.flow_init_fn. With return_summary, returns (flow, summary) where summary has voxels, tiles,
   tiles_skipped, batches, batch, devices, compile_seconds, seconds and voxels_per_second.
 
@@ -155,91 +236,35 @@ def run_tiled(apply_fn: Callable, vol0, vol1, tile=64, overlap: float = 0.5, ble
     raise ValueError(f'batch must be >= 1, got {batch}')
   if flow_init_fn is not None and not init_stride:
     raise ValueError('flow_init_fn needs init_stride (the model stride) to know the feature grid')
-  plan = tiling.plan_tiles(shape, tile, overlap, min_size)
-  origins = plan.select(mask)
-  tiles_total = len(origins)
-  index, count = (jax.process_index(), jax.process_count()) if across_processes else (0, 1)
-  origins = share(origins, index, count)
-  devices = list(devices or jax.local_devices())
-  mesh = data_mesh(devices)
-  n_dev = len(devices)
-  # Never pad beyond the tiles there are: a single tile then runs exactly the whole-volume forward.
-  batch = min(int(batch), max(len(origins), 1))
-  batch = -(-batch // n_dev) * n_dev
+  work = _plan_work(shape, tile, overlap, min_size, mask, batch, devices, across_processes, selected)
+  plan = work.plan
   # One tile: uniform weight 1, so w * f / w is f bit for bit.
   weights = tiling.blend_weights(plan.tile, 'uniform' if plan.num_tiles == 1 else blend, overlap)
   init_grid = None if flow_init_fn is None else tuple(-(-t // init_stride) for t in plan.tile)
   stitcher = tiling.Stitcher(shape, 3, memmap)
 
   t_compile = time.perf_counter()
-  compiled = compile_tile_fn(apply_fn, batch, plan.tile, init_grid, mesh, params) if origins else None
+  compiled = (compile_tile_fn(apply_fn, work.batch, plan.tile, init_grid, work.mesh, params)
+              if work.tiles else None)
   compile_seconds = time.perf_counter() - t_compile
-  shard = NamedSharding(mesh, PartitionSpec('data'))
   if params is not None:
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-
-  def make_batch(chunk):
-    """Cuts, checks and stacks one batch on the host (runs on the reader thread)."""
-    tiles0 = np.empty((batch, *plan.tile), np.float32)
-    tiles1 = np.empty((batch, *plan.tile), np.float32)
-    inits = None if init_grid is None else np.empty((batch, *init_grid, 3), np.float32)
-    for i, origin in enumerate(chunk):
-      index = plan.slices(origin)
-      tiles0[i] = vol0[index]
-      tiles1[i] = vol1[index]
-      if inits is not None:
-        inits[i] = flow_init_fn(origin, plan.tile)
-    # Pad a short last batch by repeating its last tile: valid input, one compiled shape, result discarded.
-    for a in (tiles0, tiles1, inits):
-      if a is not None:
-        a[len(chunk):] = a[len(chunk) - 1]
-    for name, t in (('vol0', tiles0), ('vol1', tiles1), ('flow_init', inits)):
-      if t is not None:
-        finite = np.isfinite(t[:len(chunk)]).reshape(len(chunk), -1).all(1)
-        if not finite.all():
-          where = chunk[int(np.argmin(finite))]
-          raise ValueError(f'{name}: holds non-finite values (NaN or inf) in the tile at {where}')
-    arrays = [tiles0, tiles1] + ([] if inits is None else [inits])
-    return [jax.device_put(a, shard) for a in arrays]
-
-  bar = progress_lib.bar(len(origins), 'tiles', progress, unit='tile')
-
-  def blend_in(chunk, flows):
-    flows = np.asarray(flows)  # waits for the device
-    for origin, f in zip(chunk, flows):
-      stitcher.add(origin, f, weights)
-    bar.update(len(chunk))
-
-  pending = None
-  chunks = list(tiling.iter_batches(origins, batch))
-  try:
-    for chunk, arrays in _batches_in_background(make_batch, chunks):
-      out = compiled(params, *arrays) if params is not None else compiled(*arrays)  # dispatched asynchronously
-      if pending is not None:
-        blend_in(*pending)
-      pending = (chunk, out)
-    if pending is not None:
-      blend_in(*pending)
-  finally:
-    bar.close()
-  lead = index == 0
-  if count > 1:
-    rows = max(1, REDUCE_BYTES // (4 * (stitcher.channels + 1) * math.prod(shape[1:])))
-    for acc in (stitcher.flow.swapaxes(0, 1), stitcher.weight):  # rows along array axis 0
-      _sum_over_processes(acc, lead, rows)
-  flow = stitcher.result(mask) if lead else None
-  seconds = time.perf_counter() - t_start
+    params = jax.device_put(params, NamedSharding(work.mesh, PartitionSpec()))
+  shard = NamedSharding(work.mesh, PartitionSpec('data'))
+  make_batch = _batch_reader(vol0, vol1, work, init_grid, flow_init_fn, shard)
+  _run_and_blend(compiled, params, work, make_batch, stitcher, weights, progress)
+  _reduce_over_processes(stitcher, shape, work)
+  flow = stitcher.result(mask) if work.index == 0 else None
   if not return_summary:
     return flow
+  seconds = time.perf_counter() - t_start
   voxels = int(np.prod(shape))
-  summary = {
-      'voxels': voxels, 'tiles': len(origins), 'tiles_skipped': plan.num_tiles - tiles_total,
-      'tiles_total': tiles_total, 'tile': plan.tile, 'batches': len(chunks), 'batch': batch, 'devices': n_dev,
-      'process': index, 'processes': count,
+  return flow, {
+      'voxels': voxels, 'tiles': work.tiles, 'tiles_skipped': plan.num_tiles - work.tiles_total,
+      'tiles_total': work.tiles_total, 'tile': plan.tile, 'batches': len(work.chunks), 'batch': work.batch,
+      'devices': work.mesh.devices.size, 'process': work.index, 'processes': work.count,
       'compile_seconds': compile_seconds, 'seconds': seconds, 'voxels_per_second': voxels / max(seconds, 1e-9),
       'memmap': stitcher.memmapped,
   }
-  return flow, summary
 
 
 def share(items: Sequence, index: int, count: int) -> list:

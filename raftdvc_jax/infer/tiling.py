@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 import math
 import tempfile
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -195,9 +195,3 @@ class Stitcher:
     if isinstance(self.flow, np.memmap):
       self.flow.flush()
     return self.flow
-
-
-def iter_batches(items: Sequence, size: int) -> Iterator[list]:
-  """Consecutive chunks of `size` items (the last may be shorter)."""
-  for start in range(0, len(items), size):
-    yield list(items[start:start + size])

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import interpolate
 from scipy import ndimage
 
+from raftdvc_jax import batching
 from raftdvc_jax.data import io as data_io
 from raftdvc_jax.refine import bspline
 from raftdvc_jax.refine import dense
@@ -149,13 +150,6 @@ def _to_voxel_coefficients(params: np.ndarray, half: int) -> np.ndarray:
   return params * float(half) ** (1 - degree)
 
 
-def _batches(count: int, batch_size: int):
-  """(batch, number of batches): a fixed batch so that every batch runs one compiled program."""
-  batch = max(1, min(int(batch_size), count))
-  batches = math.ceil(count / batch)
-  return -(-count // batches), batches
-
-
 def _search(vol0_d, v1, axes, initial, half, reach, stride, batch_size) -> np.ndarray:
   """Integer displacements at every node: FFT search within reach of `initial` on every stride-th node per
   axis (and the last), trilinearly interpolated over the lattice to the others, rounded."""
@@ -166,11 +160,8 @@ def _search(vol0_d, v1, axes, initial, half, reach, stride, batch_size) -> np.nd
   centre = np.round(initial[flat]).astype(np.int32)
   pad = half + reach + 1
   vol1_search = jnp.asarray(bspline.reflect_pad(v1, pad))
-  batch, num_batches = _batches(len(coarse), batch_size)
-  order_idx = np.concatenate([np.arange(len(coarse)), np.full(batch * num_batches - len(coarse), len(coarse) - 1)])
   found = []
-  for b in range(num_batches):
-    idx = order_idx[b * batch:(b + 1) * batch]
+  for idx, _ in batching.padded_chunks(range(len(coarse)), batching.even_size(len(coarse), batch_size)):
     shift, _ = search.search_batch(vol0_d, vol1_search, jnp.asarray(coarse[idx], jnp.int32),
                                    jnp.asarray(centre[idx]), half=half, reach=reach, pad=pad)
     found.append(np.asarray(shift))
@@ -230,12 +221,9 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
   if reach:
     initial = _search(vol0_d, v1, axes, initial, half, reach, search_stride, batch_size)
 
-  batch, num_batches = _batches(count, batch_size)
-  order_idx = np.concatenate([np.arange(count), np.full(batch * num_batches - count, count - 1)])
   shifts = np.round(initial).astype(np.int32)
   results = []
-  for b in range(num_batches):
-    idx = order_idx[b * batch:(b + 1) * batch]
+  for idx, _ in batching.padded_chunks(range(count), batching.even_size(count, batch_size)):
     out = icgn.solve_batch(vol0_d, grad0, vol1_padded, coef1, jnp.asarray(grid[idx], jnp.int32),
                            jnp.asarray(shifts[idx]), texture_floor, np.float32(tol), np.float32(min_zncc),
                            half=half, order=order, max_iter=int(max_iter), pad=bspline.PAD)

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from raftdvc_jax import batching
 from raftdvc_jax import data as data_lib
 from raftdvc_jax.data import datasets, synthetic
 
@@ -118,13 +119,10 @@ def validation_set(cfg: Mapping[str, Any], seed: int) -> list[dict[str, np.ndarr
 
 def validation_batches(samples, batch_size: int):
   """Groups of equal-shape samples, stacked, `batch_size` at most; the last of a group is padded by repeating
-  its first sample. Yields (batch, number of real samples)."""
+  its last sample. Yields (batch, number of real samples)."""
   groups: dict[tuple, list] = {}
   for s in samples:
     groups.setdefault(tuple(s['flow'].shape) + ('mask' in s,), []).append(s)
   for group in groups.values():
-    for i in range(0, len(group), batch_size):
-      chunk = group[i:i + batch_size]
-      real = len(chunk)
-      chunk = chunk + [chunk[0]] * (batch_size - real)
+    for chunk, real in batching.padded_chunks(group, batch_size):
       yield datasets.collate(chunk), real
