@@ -21,20 +21,25 @@ def atomic_path(path) -> Iterator[str]:
   tmp = os.path.join(folder, f'.{root}.{uuid.uuid4().hex[:12]}.tmp{ext}')
   try:
     yield tmp
-    if os.path.isdir(tmp) and os.path.isdir(path):
-      # os.replace cannot replace a non-empty directory: move the old one aside first.
-      old = tmp + '.old'
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
+    replace(tmp, path)
   except BaseException:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
     elif os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def replace(src, dst) -> None:
+  """Renames finished `src` (a file or folder on the same file system) onto `dst`, replacing what is there."""
+  if os.path.isdir(src) and os.path.isdir(dst):
+    # os.replace cannot replace a non-empty directory: move the old one aside first.
+    old = f'{src}.old'
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(src, dst)
 
 
 def write_text(path, text: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from raftdvc_jax import atomic
 from raftdvc_jax.analysis import aldvc
 from raftdvc_jax.analysis import figures
 from raftdvc_jax.analysis import metadata as meta
@@ -66,6 +67,60 @@ def check_output(directory, formats, figures_on: bool, overwrite: bool) -> None:
     raise ValueError(f'{os.path.join(directory, present[0])} exists; pass --overwrite to replace it')
 
 
+def _metadata(voxel_size, unit, options, node_spacing, mask, formats, grid, model, provenance) -> dict:
+  return meta.build(voxel_size, unit, {
+      'window': options.window, 'gradient': 'central differences, one-sided at borders and mask edges'
+      if options.window <= 1 else f'masked least-squares plane fit over {options.window}^3 voxels',
+      'measure_for_principal_and_von_mises': options.measure, 'node_spacing': list(np.broadcast_to(
+          np.asarray(node_spacing, int), (3,)).tolist()), 'mask': mask is not None, 'formats': list(formats),
+      'grid': list(grid)}, model=model, provenance=provenance)
+
+
+def _compute_fields(flow, stage, voxel_size, options, mask, budget_bytes) -> dict:
+  """Every strain field, computed slab by slab into memory-mapped .npy files in `stage`."""
+  grid = tuple(int(s) for s in flow.shape[1:])
+  fields = {k: np.lib.format.open_memmap(os.path.join(stage, f'{k}.npy'), mode='w+', dtype=np.float32, shape=s)
+            for k, s in strain.field_shapes(options, grid).items()}
+
+  def sink(start, stop, block):
+    for k, v in block.items():
+      fields[k][..., start:stop, :, :] = v
+
+  strain.compute(flow, voxel_size, options, mask=mask, sink=sink, budget_bytes=budget_bytes)
+  return fields
+
+
+def _write_vti(path, fields, voxel_size, measure_name) -> None:
+  disp, measure = fields['displacement'], fields[measure_name]
+  point_data = {'displacement': (disp[2], disp[1], disp[0])}
+  point_data.update({name: fields[name] for name in VTI_SCALARS})
+  point_data.update({f'principal_strain_{k + 1}': fields['principal_strains'][k] for k in range(3)})
+  point_data.update({f'{measure_name}_{tiff_stacks.LETTERS[i]}{tiff_stacks.LETTERS[j]}': measure[i, j]
+                     for i in range(3) for j in range(i, 3)})
+  vti.write_vti(path, point_data, voxel_size, vectors='displacement', scalars='displacement_magnitude')
+
+
+def _write_node_formats(staged, stage, flow, fields, formats, options, node_spacing, voxel_size, info) -> None:
+  """The node-based peer formats (spam TSV, pyALDVC npz / csv), sampled every node_spacing voxels."""
+  grid = tuple(int(s) for s in flow.shape[1:])
+  axes = nodes.node_axes(grid, node_spacing)
+  ix = np.ix_(*axes)
+  flow_nodes = np.stack([np.asarray(flow[c])[ix] for c in range(3)]).astype(np.float64)
+  f_nodes = np.asarray(fields['F'][(slice(None), slice(None)) + ix], np.float64)
+  flow_nodes[:, ~np.all(np.isfinite(f_nodes), axis=(0, 1))] = np.nan
+  f_vox = spam_tsv.voxel_gradient(f_nodes, voxel_size)
+  e_nodes = np.asarray(fields[options.measure][(slice(None), slice(None)) + ix], np.float64)
+  vm_nodes = np.asarray(fields['von_mises_strain'][ix], np.float64)
+  path = lambda fmt: staged.setdefault(OUTPUTS[fmt], os.path.join(stage, OUTPUTS[fmt]))
+  if 'tsv' in formats:
+    spam_tsv.write_spam_tsv(path('tsv'), axes, flow_nodes, f_vox)
+  if 'aldvc' in formats:
+    aldvc.write_aldvc_npz(path('aldvc'), axes, flow_nodes, f_vox - np.eye(3)[:, :, None, None, None], e_nodes,
+                          vm_nodes, voxel_size, grid, metadata=info)
+  if 'csv' in formats:
+    aldvc.write_aldvc_csv(path('csv'), axes, flow_nodes, e_nodes, vm_nodes, voxel_size)
+
+
 def analyze(flow, output_dir, voxel_size=(1.0, 1.0, 1.0), unit: str = 'voxel',
             formats: Sequence[str] = DEFAULT_FORMATS, mask=None,
             options: strain.StrainOptions = strain.StrainOptions(), figures_on: bool = False,
@@ -77,6 +132,7 @@ def analyze(flow, output_dir, voxel_size=(1.0, 1.0, 1.0), unit: str = 'voxel',
   OUTPUT_DIR/strain.npz, metadata.json and each requested format; returns {name: path} of what it wrote.
 
   voxel_size is per array axis, in `unit`. mask (X0, X1, X2): >= 0.5 = analysed (data.masks); NaN elsewhere.
+  Everything is written into a staging folder inside OUTPUT_DIR and moved into place at the end.
   """
   formats = parse_formats(formats)
   voxel_size = meta.parse_voxel_size(voxel_size)
@@ -84,63 +140,21 @@ def analyze(flow, output_dir, voxel_size=(1.0, 1.0, 1.0), unit: str = 'voxel',
     raise ValueError(f'figure strain {figure_strain!r} is not one of {", ".join(strain.SCALARS)}')
   check_output(output_dir, formats, figures_on, overwrite)
   output_dir = os.path.abspath(os.fspath(output_dir))
-  grid = tuple(int(s) for s in flow.shape[1:])
-  info = meta.build(voxel_size, unit, {
-      'window': options.window, 'gradient': 'central differences, one-sided at borders and mask edges'
-      if options.window <= 1 else f'masked least-squares plane fit over {options.window}^3 voxels',
-      'measure_for_principal_and_von_mises': options.measure, 'node_spacing': list(np.broadcast_to(
-          np.asarray(node_spacing, int), (3,)).tolist()), 'mask': mask is not None, 'formats': list(formats),
-      'grid': list(grid)}, model=model, provenance=provenance)
+  info = _metadata(voxel_size, unit, options, node_spacing, mask, formats, tuple(flow.shape[1:]), model,
+                   provenance)
   os.makedirs(output_dir, exist_ok=True)
   stage = tempfile.mkdtemp(prefix='.analysis-', dir=output_dir)
   try:
-    shapes = strain.field_shapes(options, grid)
-    fields = {k: np.lib.format.open_memmap(os.path.join(stage, f'{k}.npy'), mode='w+', dtype=np.float32,
-                                           shape=s) for k, s in shapes.items()}
-
-    def sink(start, stop, block):
-      for k, v in block.items():
-        fields[k][..., start:stop, :, :] = v
-
-    strain.compute(flow, voxel_size, options, mask=mask, sink=sink, budget_bytes=budget_bytes)
-    staged = {}
-    staged[OUTPUTS['npz']] = os.path.join(stage, OUTPUTS['npz'])
-    npz_arrays = dict(fields)
-    npz_arrays['voxel_size'] = np.asarray(voxel_size, np.float64)
-    npz_arrays['metadata'] = np.array(json.dumps(info, sort_keys=True))
-    io.write_npz(staged[OUTPUTS['npz']], npz_arrays)
+    fields = _compute_fields(flow, stage, voxel_size, options, mask, budget_bytes)
+    staged = {name: os.path.join(stage, name) for name in (OUTPUTS['npz'], METADATA)}
+    io.write_npz(staged[OUTPUTS['npz']], dict(fields, voxel_size=np.asarray(voxel_size, np.float64),
+                                             metadata=np.array(json.dumps(info, sort_keys=True))))
     log.info('analysis: wrote strain.npz')
     if 'vti' in formats:
       staged[OUTPUTS['vti']] = os.path.join(stage, OUTPUTS['vti'])
-      disp = fields['displacement']
-      measure = fields[options.measure]
-      point_data = {'displacement': (disp[2], disp[1], disp[0])}
-      point_data.update({name: fields[name] for name in VTI_SCALARS})
-      point_data.update({f'principal_strain_{k + 1}': fields['principal_strains'][k] for k in range(3)})
-      point_data.update({f'{options.measure}_{tiff_stacks.LETTERS[i]}{tiff_stacks.LETTERS[j]}': measure[i, j]
-                         for i in range(3) for j in range(i, 3)})
-      vti.write_vti(staged[OUTPUTS['vti']], point_data, voxel_size, vectors='displacement',
-                    scalars='displacement_magnitude')
+      _write_vti(staged[OUTPUTS['vti']], fields, voxel_size, options.measure)
     if {'tsv', 'aldvc', 'csv'} & set(formats):
-      axes = nodes.node_axes(grid, node_spacing)
-      ix = np.ix_(*axes)
-      flow_nodes = np.stack([np.asarray(flow[c])[ix] for c in range(3)]).astype(np.float64)
-      f_nodes = np.asarray(fields['F'][(slice(None), slice(None)) + ix], np.float64)
-      nan = ~np.all(np.isfinite(f_nodes), axis=(0, 1))
-      flow_nodes[:, nan] = np.nan
-      f_vox = spam_tsv.voxel_gradient(f_nodes, voxel_size)
-      e_nodes = np.asarray(fields[options.measure][(slice(None), slice(None)) + ix], np.float64)
-      vm_nodes = np.asarray(fields['von_mises_strain'][ix], np.float64)
-      if 'tsv' in formats:
-        staged[OUTPUTS['tsv']] = os.path.join(stage, OUTPUTS['tsv'])
-        spam_tsv.write_spam_tsv(staged[OUTPUTS['tsv']], axes, flow_nodes, f_vox)
-      if 'aldvc' in formats:
-        staged[OUTPUTS['aldvc']] = os.path.join(stage, OUTPUTS['aldvc'])
-        aldvc.write_aldvc_npz(staged[OUTPUTS['aldvc']], axes, flow_nodes, f_vox - np.eye(3)[:, :, None, None, None],
-                              e_nodes, vm_nodes, voxel_size, grid, metadata=info)
-      if 'csv' in formats:
-        staged[OUTPUTS['csv']] = os.path.join(stage, OUTPUTS['csv'])
-        aldvc.write_aldvc_csv(staged[OUTPUTS['csv']], axes, flow_nodes, e_nodes, vm_nodes, voxel_size)
+      _write_node_formats(staged, stage, flow, fields, formats, options, node_spacing, voxel_size, info)
     if 'tif' in formats:
       staged[OUTPUTS['tif']] = os.path.join(stage, OUTPUTS['tif'])
       os.makedirs(staged[OUTPUTS['tif']])
@@ -150,18 +164,13 @@ def analyze(flow, output_dir, voxel_size=(1.0, 1.0, 1.0), unit: str = 'voxel',
       staged[REPORT] = os.path.join(stage, REPORT)
       figures.slice_report(staged[REPORT], fields, voxel_size, unit, axis=slice_axis, index=slice_index,
                            strain=figure_strain, quiver=quiver, title=(provenance or {}).get('flow', ''))
-    staged[METADATA] = os.path.join(stage, METADATA)
     with open(staged[METADATA], 'w', encoding='utf-8') as f:
       json.dump(info, f, indent=2, sort_keys=True)
-    for k in list(fields):  # close the maps before the scratch files go
-      del fields[k]
+    del fields  # close the maps before the scratch files go
     written = {}
     for name, src in staged.items():
-      dst = os.path.join(output_dir, name)
-      if os.path.isdir(dst):
-        shutil.rmtree(dst)
-      os.replace(src, dst)
-      written[name] = dst
+      written[name] = os.path.join(output_dir, name)
+      atomic.replace(src, written[name])
     return written
   finally:
     shutil.rmtree(stage, ignore_errors=True)

@@ -338,6 +338,30 @@ def _initial_state(config, model_cfg: ModelConfig, tx, ckpts, repl):
   return _replicate(state_lib.create(model_cfg, tx, config.train.seed, variables), repl)
 
 
+def _batch_layout(t, mesh) -> tuple[int, int, int]:
+  """(grad_accum, processes, micro-batch), checking that the batch splits over devices and processes."""
+  accum, pcount = int(t.grad_accum), jax.process_count()
+  micro = t.batch_size // accum
+  if micro % mesh.size:
+    raise ValueError(f'the micro-batch (batch_size / grad_accum = {micro}) must be a multiple of the '
+                     f'{mesh.size} devices')
+  if t.batch_size % pcount:
+    raise ValueError(f'config.train.batch_size {t.batch_size} must be a multiple of the {pcount} processes')
+  return accum, pcount, micro
+
+
+def _report(step, window, pacer, validate_now, records, bar, ckpts) -> tuple[dict, dict | None]:
+  """(record, validation) of a logging window: checked finite, validated when validate_now is given, written
+  and shown on the bar."""
+  record = _window_record(step, window, *pacer.lap())
+  _check_finite(record, ckpts, step - len(window) + 1)
+  val = validate_now() if validate_now is not None else None
+  record.update(val or {})
+  records.write(record)
+  bar.set_postfix_str(f'loss {record["train_loss"]:.4g}' + (f' val_epe {val["val_epe"]:.4g}' if val else ''))
+  return record, val
+
+
 def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
   """Trains (or resumes) the run of `config` in `workdir`; returns the last metrics record."""
   model_cfg = validate(config)
@@ -351,13 +375,7 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
   programs = _programs(model_cfg, train_json, tuple(jax.devices()))
   mesh, tx, eval_step = programs.mesh, programs.tx, programs.eval_step
   warmup = int(t.loss.get('match_warmup', 0))
-  accum, pcount = int(t.grad_accum), jax.process_count()
-  micro = t.batch_size // accum
-  if micro % mesh.size:
-    raise ValueError(f'the micro-batch (batch_size / grad_accum = {micro}) must be a multiple of the '
-                     f'{mesh.size} devices')
-  if t.batch_size % pcount:
-    raise ValueError(f'config.train.batch_size {t.batch_size} must be a multiple of the {pcount} processes')
+  accum, pcount, micro = _batch_layout(t, mesh)
   repl = step_lib.replicated(mesh)
 
   # Data: the validation set is fixed and held in memory; training batches stream from background threads.
@@ -373,13 +391,12 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
     ckpts.close()
     raise
   step = int(jax.device_get(state.step))
-  records = _Records(workdir, step, lead)
   if step >= t.num_steps:
     log.warning('%s: already at step %d of %d; nothing to do (raise config.train.num_steps to train on)',
                 workdir, step, t.num_steps)
     ckpts.close()
-    records.close()
     return {'step': step}
+  records = _Records(workdir, step, lead)
 
   batches = input_pipeline.train_batches(config.data, t.batch_size // pcount, t.seed, step,
                                          jax.process_index(), pcount)
@@ -405,14 +422,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         # A record at the end of the warm-up, so that no window mixes warm-up and full steps.
         if not (is_ckpt or is_eval or is_time(step, t.log_every, t.num_steps) or step == warmup):
           continue
-        record = _window_record(step, window, *pacer.lap())
-        _check_finite(record, ckpts, step - len(window) + 1)
+        val = (lambda: evaluate(eval_step, state.variables, val_samples, val_batch, mesh)) if is_eval else None
+        last, val = _report(step, window, pacer, val, records, bar, ckpts)
         window = []
-        val = evaluate(eval_step, state.variables, val_samples, val_batch, mesh) if is_eval else None
-        record.update(val or {})
-        records.write(record)
-        last = record
-        bar.set_postfix_str(f'loss {record["train_loss"]:.4g}' + (f' val_epe {val["val_epe"]:.4g}' if val else ''))
         if is_ckpt:
           meta = {'step': step, 'data_position': step * t.batch_size, 'seed': t.seed,
                   'model_config': model_cfg.to_dict(), 'config': _plain(config), 'time': time.time()}
