@@ -27,9 +27,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from raftdvc_jax.model.samplers import SAMPLER_AXES, sample_positions, window_offsets
+from raftdvc_jax.model import lookup_ops as ops
+from raftdvc_jax.model.samplers import SAMPLER_AXES
 
-_HP = jax.lax.Precision.HIGHEST
+_HP = ops.HIGHEST
 F32 = 4
 # Queries go in TILE^3 tiles that share one block of target features and correlate with it as a matmul.
 TILE = 4
@@ -62,47 +63,22 @@ def block_sizes(shape: Sequence[int], radius: int, sampler: str) -> tuple[int, i
   return tuple(sizes)
 
 
-def _supports(positions, shape, size):
-  """First node of the block of `size` nodes that holds the window's samples along one axis, per query."""
-  # Clip before the cast so far-away queries cannot overflow int32; their weights are all zero anyway.
-  lo = jnp.floor(jnp.clip(positions[..., 0], -size - 1.0, shape + 1.0)).astype(jnp.int32)
-  return jnp.clip(lo, 0, shape - size)
-
-
-def _interpolate(corr, positions, origins):
-  """Tent-weighted window (.., K, K, K) from a correlation block (.., M0, M1, M2) whose node 0 is `origins`."""
-  weights = []
-  for k in range(3):
-    nodes = origins[k][..., None].astype(jnp.float32) + jnp.arange(corr.shape[-3 + k], dtype=jnp.float32)
-    weights.append(jnp.maximum(0.0, 1.0 - jnp.abs(positions[k][..., :, None] - nodes[..., None, :])))
-  t = jnp.einsum('...xyz,...cz->...xyc', corr, weights[2], precision=_HP)
-  t = jnp.einsum('...xyc,...by->...xbc', t, weights[1], precision=_HP)
-  return jnp.einsum('...xbc,...ax->...abc', t, weights[0], precision=_HP)
-
-
-def _positions(centroid, shape, radius, sampler):
-  """Sample positions (.., K) along each level axis k for centroids (.., 3), increasing along K."""
-  perm, _ = SAMPLER_AXES[sampler]
-  d = window_offsets(radius)
-  return [sample_positions(centroid[..., perm[k], None] + d, k, shape, sampler) for k in range(3)]
-
-
 def _window_one(level, b, centroid, f0, radius: int, sampler: str):
   """One query's window: level (B, S0, S1, S2, C), b (), centroid (3,), f0 (C,) -> (K, K, K), axis k = level axis k."""
   shape = level.shape[1:4]
   size = block_sizes(shape, radius, sampler)
-  pos = _positions(centroid, shape, radius, sampler)
-  starts = [_supports(pos[k], shape[k], size[k]) for k in range(3)]
+  pos = ops.window_positions(centroid, shape, radius, sampler)
+  starts = [ops.block_starts(pos[k][..., 0], shape[k], size[k]) for k in range(3)]
   block = jax.lax.dynamic_slice(level, (b, *starts, 0), (1, *size, level.shape[-1]))[0]
   corr = jnp.einsum('xyzc,c->xyz', block, f0, precision=_HP)
-  return _interpolate(corr, pos, starts)
+  return ops.contract(corr, *ops.block_weights(pos, starts, size))
 
 
 def _tile_origins(pos, shape, size, tile):
   """First node of each tile's shared block per axis, (G, 1) each, and whether each tile's windows fit it."""
   origins, fits = [], []
   for k in range(3):
-    starts = _supports(pos[k], shape[k], size[k])  # (G, T)
+    starts = ops.block_starts(pos[k][..., 0], shape[k], size[k])  # (G, T)
     origin = jnp.clip(starts.min(axis=1), 0, shape[k] - tile[k])[:, None]
     fits.append(jnp.all((starts >= origin) & (starts + size[k] <= origin + tile[k]), axis=1))
     origins.append(origin)
@@ -116,7 +92,7 @@ def _window_tiles(level, b, centroid, f0, radius: int, sampler: str, tile):
   wrong and the caller must use the per-query path).
   """
   shape = level.shape[1:4]
-  pos = _positions(centroid, shape, radius, sampler)
+  pos = ops.window_positions(centroid, shape, radius, sampler)
   origins, fits = _tile_origins(pos, shape, block_sizes(shape, radius, sampler), tile)
 
   def one(bb, o0, o1, o2):
@@ -126,7 +102,7 @@ def _window_tiles(level, b, centroid, f0, radius: int, sampler: str, tile):
   # A matmul per tile whose output puts the tile's queries last: other orders make XLA-CPU fuse a transpose
   # into the gather, which ran 2-3x slower.
   corr = jnp.einsum('gxyzc,gtc->gxyzt', block, f0, precision=_HP).transpose(0, 4, 1, 2, 3)
-  return _interpolate(corr, pos, origins), jnp.all(fits)
+  return ops.contract(corr, *ops.block_weights(pos, origins, tile)), jnp.all(fits)
 
 
 def tile_block_sizes(shape: Sequence[int], radius: int, sampler: str, margin: int,
@@ -136,13 +112,6 @@ def tile_block_sizes(shape: Sequence[int], radius: int, sampler: str, margin: in
   size = block_sizes(shape, radius, sampler)
   spread = [(TILE - 1) / 2**level * (shape[k] - 1) / (shape[norm[k]] - 1) for k in range(3)]
   return tuple(min(shape[k], size[k] + math.ceil(spread[k]) + margin) for k in range(3))
-
-
-def _query_order(window, sampler: str):
-  """Transposes windows (.., K, K, K) whose axis k runs along query axis PERM[k] into query-axis order."""
-  perm, _ = SAMPLER_AXES[sampler]
-  lead = window.ndim - 3
-  return window.transpose(*range(lead), *(lead + perm.index(j) for j in range(3)))
 
 
 def _tiles(x, b, spatial):
@@ -213,7 +182,7 @@ class LocalCorr:
       bq, cq, fq = args
       def one(q):
         bb, c, f = q
-        return jnp.stack(levels_at(lambda i: _query_order(
+        return jnp.stack(levels_at(lambda i: ops.query_order(
             _window_one(self.levels[i], bb, c / 2**i, f, self.radius, self.sampler), self.sampler)))
       flat = (jnp.repeat(bq, TILE**3), cq.reshape(-1, 3), fq.reshape(-1, fq.shape[-1]))
       return jax.lax.map(one, flat).reshape(*cq.shape[:2], len(self.levels), k_win, k_win, k_win)
@@ -228,7 +197,7 @@ class LocalCorr:
           continue
         tile = tile_block_sizes(self.levels[i].shape[1:4], self.radius, self.sampler, self.margin, i)
         win, ok = _window_tiles(self.levels[i], bq, cq / 2**i, fq, self.radius, self.sampler, tile)
-        outs.append(_query_order(win, self.sampler))
+        outs.append(ops.query_order(win, self.sampler))
         fits.append(ok)
       fast = jnp.stack(outs, axis=2)
       if not fits:
@@ -250,7 +219,7 @@ class LocalCorr:
     for i, level in enumerate(self.levels):
       shape = level.shape[1:4]
       if min(shape) > 1:
-        pos = _positions(centroid / 2**i, shape, self.radius, self.sampler)
+        pos = ops.window_positions(centroid / 2**i, shape, self.radius, self.sampler)
         tile = tile_block_sizes(shape, self.radius, self.sampler, self.margin, i)
         fits.append(_tile_origins(pos, shape, block_sizes(shape, self.radius, self.sampler), tile)[1])
     return jnp.mean(jnp.stack(fits).astype(jnp.float32))

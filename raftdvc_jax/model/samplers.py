@@ -37,9 +37,3 @@ def has_rescale(shape: Sequence[int], sampler: str) -> bool:
 def window_offsets(radius: int):
   """The integer offsets -r..r of a lookup window, as float32."""
   return jnp.arange(-radius, radius + 1, dtype=jnp.float32)
-
-
-def to_query_order(window, sampler: str):
-  """Transposes a (B, N, K, K, K) window whose axis k runs along query axis PERM[k] into query-axis order."""
-  perm, _ = SAMPLER_AXES[sampler]
-  return window.transpose(0, 1, *(2 + perm.index(j) for j in range(3)))
