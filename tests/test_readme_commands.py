@@ -108,7 +108,8 @@ def folder(tmp_path_factory):
   import tifffile  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-  from tests import test_convert, test_distributed  # pylint: disable=import-outside-toplevel
+  from tests.convert import test_convert  # pylint: disable=import-outside-toplevel
+  from tests.infer import test_distributed  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp('user')
   pair = synthetic.make_pair(synthetic.SyntheticConfig(size=32, particle_radius=2.0, density=6.0, disp_min=1.2,
                                                        disp_max=1.8, deformation='translation'), 5)

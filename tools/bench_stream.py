@@ -10,7 +10,7 @@ in a memory-mapped temporary file, the flow written to disk from it). As a contr
 one input whole, which the cap must refuse. RLIMIT_DATA is used because it counts what a process loads (heap,
 anonymous memory) but not file mappings, which RLIMIT_AS would count. Prints one row per size: volume MB, cap
 MB, seconds, peak RSS (VmHWM, which includes the inputs' clean file pages the kernel may drop) and whether the
-control was refused. tests/test_streaming.py runs one size.
+control was refused. tests/infer/test_streaming.py runs one size.
 """
 
 from __future__ import annotations

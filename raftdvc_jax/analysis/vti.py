@@ -7,7 +7,7 @@ memory-mapped fields of any size stream through.
 
 Why not a library: pyevtk (the small one) packs vector data one voxel at a time in Python and needs every
 array in memory; vtk/pyvista are a ~140 MB wheel (~570 MB installed) for a format this module writes in
-sixty lines. The files are checked with VTK's own reader in tests/test_analysis_formats.py.
+sixty lines. The files are checked with VTK's own reader in tests/analysis/test_formats.py.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from raftdvc_jax.data import synthetic
 from raftdvc_jax.model.config import ModelConfig
 from raftdvc_jax.model.raft import init_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = ModelConfig(encoder_type='1/8', feature_dim=16, hidden_dim=16, context_dim=16, corr_levels=2,
                      corr_radius=2, iters=2)
 

@@ -12,10 +12,7 @@ from raftdvc_jax.infer import coarse_to_fine
 from raftdvc_jax.infer.estimator import FlowEstimator
 from raftdvc_jax.model.config import preset
 
-try:
-  from tests.test_infer_cli import assert_refused, infer_cli, refuse_all, torch_variables
-except ImportError:
-  from test_infer_cli import assert_refused, infer_cli, refuse_all, torch_variables
+from tests.infer.test_cli import assert_refused, infer_cli, refuse_all, torch_variables
 
 FINE = preset('s4').replace(iters=2)
 COARSE = preset('s8').replace(iters=2)

@@ -11,7 +11,7 @@ from raftdvc_jax.data import datasets
 from raftdvc_jax.data import synthetic
 from tests.scripts import script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 

@@ -1,7 +1,7 @@
 """The same answer on 1 or 2 processes (jax.distributed over 127.0.0.1, Gloo collectives on CPU).
 
 Run as a script, this file is the driver each process executes:
-  python tests/test_distributed.py train|infer WORKDIR NUM_PROCESSES PROCESS_ID PORT
+  python tests/infer/test_distributed.py train|infer WORKDIR NUM_PROCESSES PROCESS_ID PORT
 """
 
 import json
@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 600
 
 
 def tiny_train_config(num_steps=2):
   """test_train_loop's tiny smoke config: fresh pairs, batch 2, no validation, a small constant-ish lr."""
-  from tests.test_train_loop import tiny_config  # pylint: disable=import-outside-toplevel
+  from tests.train.test_loop import tiny_config  # pylint: disable=import-outside-toplevel
   c = tiny_config(num_steps)
   c.data.update(train_size=0, val_size=0)  # augmentation must follow the global position
   # A small learning rate: AdamW turns float-rounding noise in near-zero gradient components into steps of

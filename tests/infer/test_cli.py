@@ -20,7 +20,7 @@ from raftdvc_jax.model.raft import RAFTDVC
 
 from raftdvc_jax.reference import torch_raft as ref
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = preset('s4').replace(iters=2)
 SIZE = (16, 24, 20)
 

@@ -25,7 +25,7 @@ from raftdvc_jax.train import loop
 from raftdvc_jax.train import state as state_lib
 from raftdvc_jax.train import step as step_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(num_steps=6, **data):

@@ -10,10 +10,7 @@ import pytest
 from raftdvc_jax.data import pairs as pairs_lib
 from raftdvc_jax.infer import pipeline
 
-try:
-  from tests.test_infer_cli import CONFIG, SIZE, assert_refused, infer_cli, refuse_all, torch_variables
-except ImportError:
-  from test_infer_cli import CONFIG, SIZE, assert_refused, infer_cli, refuse_all, torch_variables
+from tests.infer.test_cli import CONFIG, ROOT, SIZE, assert_refused, infer_cli, refuse_all, torch_variables
 
 
 @pytest.fixture(scope='module')
@@ -65,7 +62,7 @@ def test_h5_output_without_h5py_is_refused_up_front(setup):
   env = dict(os.environ, PYTHONPATH=p['no_h5py'] + os.pathsep + os.environ.get('PYTHONPATH', ''))
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  run = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'infer.py'),
+  run = subprocess.run([sys.executable, os.path.join(ROOT, 'infer.py'),
                         '--checkpoint', p['ckpt'], '--vol0', p['vol0'], '--vol1', p['vol1'], '--output',
                         str(root / 'flow.h5')], capture_output=True, text=True, env=env, timeout=300)
   assert_refused(run, f'{root / "flow.h5"}: writing .h5 needs h5py')

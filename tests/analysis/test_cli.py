@@ -12,7 +12,7 @@ from vtk.util import numpy_support
 from raftdvc_jax.analysis import spam_tsv
 from tests.scripts import script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GRID = (10, 12, 14)
 

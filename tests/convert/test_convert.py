@@ -21,7 +21,7 @@ from raftdvc_jax.model.config import ModelConfig, preset
 
 from raftdvc_jax.reference import torch_raft as ref
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = (16, 24, 20)         # stride <= 4: feature grids 8x12x10 / 4x6x5
 VOLRAFT_SIZE = (32, 40, 48)  # stride 8 with two levels: 4x5x6 and 2x2x3
 ITERS = 2

@@ -151,7 +151,7 @@ def test_shards_batches_over_devices():
   # Two host devices need a fresh process (the device count is fixed when JAX starts).
   code = textwrap.dedent('''
       import numpy as np, jax
-      from tests.test_tiled_runner import encoded_volume, field, stand_in
+      from tests.infer.test_tiled_runner import encoded_volume, field, stand_in
       from raftdvc_jax.infer import tiled
       assert jax.local_device_count() == 2
       vol, g = encoded_volume((37, 29, 45))
@@ -162,7 +162,7 @@ def test_shards_batches_over_devices():
       print('ok')
   ''')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
   out = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]

@@ -9,9 +9,9 @@ import numpy as np
 
 import raftdvc_jax
 from tests.scripts import script
-from tests.test_distributed import tiny_run, tiny_variables
+from tests.infer.test_distributed import tiny_run, tiny_variables
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_a_run_killed_mid_record_exports_its_best_step(tmp_path):
