@@ -61,8 +61,10 @@ _REFINE = flags.DEFINE_bool('refine', False, 'Refine the flow by subset IC-GN (d
 _SUBSET = flags.DEFINE_integer('subset', 16, 'Refinement subset size (SUBSET + 1 voxels a side).', lower_bound=4)
 _NODE_STEP = flags.DEFINE_integer('node_step', 4, 'Refinement node spacing, voxels.', lower_bound=1)
 _SHAPE_ORDER = flags.DEFINE_enum('shape_order', '1', ['1', '2'], 'Refinement shape functions: 1 affine, 2 quadratic.')
-_SEARCH_REACH = flags.DEFINE_integer('search_reach', None, 'Refinement integer search reach, voxels (default: 0 '
-                                     'with --checkpoint, 8 without).', lower_bound=0)
+_SEARCH_REACH = flags.DEFINE_integer('search_reach', None, 'Refinement integer search reach, voxels. Default: '
+                                     'without --checkpoint 8, widened to 16 and 24 where matches are weak; with '
+                                     'one, 2 around the network\'s guess, falling back to that search where the '
+                                     'guess is poor (FLOW_nodes.npz: fell_back).', lower_bound=0)
 _STRAIN = flags.DEFINE_bool('strain', False, 'Also write strain and exports to FLOW_strain/ (docs/analysis.md).')
 _VOXEL_SIZE = flags.DEFINE_string('voxel_size', '1,1,1', 'With --strain: voxel size per array axis, A,B,C.')
 _UNIT = flags.DEFINE_string('unit', 'voxel', 'With --strain: unit of --voxel_size (e.g. um).')

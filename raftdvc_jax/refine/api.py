@@ -28,7 +28,16 @@ log = logging.getLogger(__name__)
 SUBSET = 16
 STEP = 4
 ORDER = 1
-SEARCH_REACH = 8  # voxels, used when no initial flow is given
+SEARCH_REACH = 8  # voxels, the first reach of the search used when no initial flow is given
+# Nodes whose best match in that reach is weaker than WIDEN_ZNCC are searched again with wider reaches, so a
+# rigid move of up to the last reach is found without being told its size (pyALDVC also widens by itself).
+WIDEN_REACHES = (16, 24)
+WIDEN_ZNCC = 0.8
+# A given initial flow (a network's) is checked: an integer search GUESS_REACH voxels around it; where the best
+# ZNCC there is below GUESS_ZNCC the node falls back to the search without a network. So a wrong network guess
+# can cost time, never the answer.
+GUESS_REACH = 2
+GUESS_ZNCC = 0.8
 SEARCH_STRIDE = 2  # the search runs on every 2nd node per axis; the others interpolate its result
 MAX_ITER = 30
 TOL = 5e-4  # voxels: stop when an update moves no point of the subset by more than this
@@ -60,6 +69,7 @@ class NodeResult:
   iterations: np.ndarray  # (N,) int32
   status: np.ndarray  # (N,) int32, see icgn.STATUS_NAMES
   initial: np.ndarray  # (N, 3) float32 initial guess
+  fell_back: np.ndarray  # (N,) bool: the given flow was a poor guess here, so the search's result was used
   node_filter: int
   smooth: float
   subset: int
@@ -150,27 +160,76 @@ def _to_voxel_coefficients(params: np.ndarray, half: int) -> np.ndarray:
   return params * float(half) ** (1 - degree)
 
 
-def _search(vol0_d, v1, axes, initial, half, reach, stride, batch_size) -> np.ndarray:
-  """Integer displacements at every node: FFT search within reach of `initial` on every stride-th node per
-  axis (and the last), trilinearly interpolated over the lattice to the others, rounded."""
-  lattice_shape = tuple(len(a) for a in axes)
-  picks = [np.unique(np.r_[np.arange(0, m, stride), m - 1]) for m in lattice_shape]
-  coarse = np.stack(np.meshgrid(*[a[p] for a, p in zip(axes, picks)], indexing='ij'), -1).reshape(-1, 3)
-  flat = np.ravel_multi_index(np.stack(np.meshgrid(*picks, indexing='ij'), -1).reshape(-1, 3).T, lattice_shape)
-  centre = np.round(initial[flat]).astype(np.int32)
-  pad = half + reach + 1
-  vol1_search = jnp.asarray(bspline.reflect_pad(v1, pad))
-  found = []
-  for idx, _ in batching.padded_chunks(range(len(coarse)), batching.even_size(len(coarse), batch_size)):
-    shift, _ = search.search_batch(vol0_d, vol1_search, jnp.asarray(coarse[idx], jnp.int32),
-                                   jnp.asarray(centre[idx]), half=half, reach=reach, pad=pad)
-    found.append(np.asarray(shift))
-  found = np.concatenate(found)[:len(coarse)].astype(np.float64)
-  values = found.T.reshape((3,) + tuple(len(p) for p in picks))
-  fine = [np.arange(m, dtype=np.float64) for m in lattice_shape]
-  out = np.stack([interpolate.RegularGridInterpolator(picks, values[c])(
-      np.stack(np.meshgrid(*fine, indexing='ij'), -1).reshape(-1, 3)) for c in range(3)], -1)
-  return np.round(out).astype(np.float32)
+class _Search:
+  """FFT ZNCC integer searches at the coarse nodes (every stride-th node per axis, and the last), spread to all."""
+
+  def __init__(self, vol0_d, v1, axes, half, stride, batch_size, max_reach):
+    self.vol0_d, self.half = vol0_d, half
+    self.lattice_shape = tuple(len(a) for a in axes)
+    self.picks = [np.unique(np.r_[np.arange(0, m, stride), m - 1]) for m in self.lattice_shape]
+    self.nodes = np.stack(np.meshgrid(*[a[p] for a, p in zip(axes, self.picks)], indexing='ij'), -1).reshape(-1, 3)
+    self.flat = np.ravel_multi_index(np.stack(np.meshgrid(*self.picks, indexing='ij'), -1).reshape(-1, 3).T,
+                                     self.lattice_shape)
+    # One batch size for every search, the full one's: a later search of fewer nodes reuses its program.
+    self.batch = batching.even_size(len(self.nodes), batch_size)
+    self.pad = half + max_reach + 1
+    self.vol1_padded = jnp.asarray(bspline.reflect_pad(v1, self.pad))
+
+  def run(self, which, centre, reach):
+    """(best integer shift (n, 3), its ZNCC (n,)) of coarse nodes `which` within `reach` of `centre`, which
+    holds a centre for every coarse node (n_coarse, 3)."""
+    shifts, znccs = [], []
+    for idx, _ in batching.padded_chunks(list(which), self.batch):
+      shift, zncc = search.search_batch(self.vol0_d, self.vol1_padded, jnp.asarray(self.nodes[idx], jnp.int32),
+                                        jnp.asarray(centre[idx]), half=self.half, reach=reach, pad=self.pad)
+      shifts.append(np.asarray(shift))
+      znccs.append(np.asarray(zncc))
+    n = len(which)
+    return np.concatenate(shifts)[:n].astype(np.float64), np.concatenate(znccs)[:n]
+
+  def wide(self, which, centre):
+    """The search without a guess: SEARCH_REACH, then wider reaches for the nodes that matched weakly."""
+    which = np.asarray(which)
+    shift, zncc = self.run(which, centre, SEARCH_REACH)
+    for reach in WIDEN_REACHES:
+      weak = np.flatnonzero(zncc < WIDEN_ZNCC)
+      if not len(weak):
+        break
+      s2, z2 = self.run(which[weak], centre, reach)
+      better = z2 > zncc[weak]
+      shift[weak[better]], zncc[weak[better]] = s2[better], z2[better]
+    return shift, zncc
+
+  def spread(self, coarse_values):
+    """Values (n_coarse, D) at the coarse nodes, trilinearly interpolated to every node (N, D)."""
+    values = coarse_values.T.reshape((-1,) + tuple(len(p) for p in self.picks))
+    fine = np.stack(np.meshgrid(*[np.arange(m, dtype=np.float64) for m in self.lattice_shape], indexing='ij'),
+                    -1).reshape(-1, 3)
+    return np.stack([interpolate.RegularGridInterpolator(self.picks, v)(fine) for v in values], -1)
+
+
+def _initial_guesses(searcher, initial, guess_given: bool, reach: int | None):
+  """Rounded initial displacements at every node, and per node whether it fell back from the given guess.
+
+  reach None: a given guess is checked (GUESS_REACH around it) and, where weak, replaced by the wide search;
+  without a guess the wide search runs. An explicit reach searches that far around the guess (or zero).
+  """
+  count = len(initial)
+  coarse = np.arange(len(searcher.nodes))
+  centre = np.round(initial[searcher.flat]).astype(np.int32)
+  fell_back = np.zeros(len(coarse), bool)
+  if reach is not None:
+    shift = searcher.run(coarse, centre, reach)[0] if reach else centre.astype(np.float64)
+  elif not guess_given:
+    shift = searcher.wide(coarse, centre)[0]
+  else:
+    shift, zncc = searcher.run(coarse, centre, GUESS_REACH)
+    fell_back = zncc < GUESS_ZNCC
+    if fell_back.any():
+      weak = np.flatnonzero(fell_back)
+      shift[weak] = searcher.wide(weak, np.zeros_like(centre))[0]
+  spread = searcher.spread(np.concatenate([shift, fell_back[:, None].astype(np.float64)], 1))
+  return np.round(spread[:, :3]).astype(np.float32), spread[:, 3].reshape(count) > 0
 
 
 def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP, order: int = ORDER,
@@ -184,9 +243,12 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
   voxels (or the given `axes`), first- (order=1, 12 parameters) or second-order (order=2, 30) shape
   functions, IC-GN on the ZNSSD criterion with vol1's cubic B-spline, after an optional Gaussian
   pre-smoothing of both volumes (smooth, sigma in voxels; gradient_smooth blurs only the copy of vol0 the
-  Gauss-Newton matrix comes from). Initial guess: flow_init sampled at the nodes,
-  then an integer search within search_reach voxels of it (default 0 with a flow, SEARCH_REACH without) on
-  every search_stride-th node per axis, interpolated to the others. Nodes that do not converge are filled
+  Gauss-Newton matrix comes from). Initial guess, from an FFT ZNCC integer search on every
+  search_stride-th node per axis, interpolated to the others: without flow_init, within SEARCH_REACH voxels,
+  widened to WIDEN_REACHES where the best ZNCC is below WIDEN_ZNCC; with flow_init, within GUESS_REACH voxels
+  of it, and where the best ZNCC there is below GUESS_ZNCC the node falls back to the search without a flow
+  (NodeResult.fell_back), so a poor guess never costs the answer. An explicit search_reach searches that far
+  around flow_init (or zero) and nothing else. Nodes that do not converge are filled
   from their neighbours and reported in the NodeResult; a quadratic Savitzky-Golay filter of node_filter
   nodes per axis (exact for fields of degree <= 2) and a cubic-spline interpolation then give the dense
   field (see dense.py). Nodes run in batches of at most batch_size (memory ~ batch * (subset+1)^3 * 400 bytes).
@@ -197,8 +259,7 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
   half = int(subset) // 2
   n = 2 * half + 1
   axes = default_axes(v0.shape, subset, step) if axes is None else _check_axes(axes, v0.shape, half)
-  reach = int(SEARCH_REACH if search_reach is None and flow_init is None else (search_reach or 0))
-  if reach < 0:
+  if search_reach is not None and search_reach < 0:
     raise ValueError(f'search_reach must be >= 0, got {search_reach}')
   if smooth < 0 or node_filter < 0 or search_stride < 1:
     raise ValueError('need smooth >= 0, node_filter >= 0 and search_stride >= 1')
@@ -218,8 +279,14 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
   grad0 = jnp.asarray(bspline.grid_gradient(bspline.prefilter(source)))
   vol0_d = jnp.asarray(v0)
   texture_floor = np.float32(TEXTURE_TOL * float(v0.std()) * math.sqrt(n ** 3))
-  if reach:
-    initial = _search(vol0_d, v1, axes, initial, half, reach, search_stride, batch_size)
+  searcher = _Search(vol0_d, v1, axes, half, search_stride, batch_size,
+                     max(WIDEN_REACHES) if search_reach is None else int(search_reach))
+  initial, fell_back = _initial_guesses(searcher, initial, flow_init is not None, search_reach)
+  if flow_init is not None and search_reach is None:
+    log.info('refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels '
+             'of it below %g)', int(fell_back.sum()), count, GUESS_REACH, GUESS_ZNCC)
+  reach = (max(WIDEN_REACHES) if flow_init is None or fell_back.any() else GUESS_REACH) if search_reach is None \
+      else int(search_reach)
 
   shifts = np.round(initial).astype(np.int32)
   results = []
@@ -242,7 +309,7 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
       axes=axes, positions=grid.astype(np.float32), displacement=final, measured=coefficients[:, :, 0].copy(),
       gradient=coefficients[:, :, 1:4].copy(), coefficients=coefficients, correlation=zncc.astype(np.float32),
       converged=converged, iterations=iters.astype(np.int32), status=status.astype(np.int32),
-      initial=initial.astype(np.float32), subset=int(subset), step=int(step), order=int(order),
+      initial=initial.astype(np.float32), fell_back=fell_back, subset=int(subset), step=int(step), order=int(order),
       search_reach=reach, node_filter=int(node_filter), smooth=float(smooth))
   flow = dense.to_dense(values, axes, v0.shape)
   counts = {icgn.STATUS_NAMES[k]: int(np.sum(status == k)) for k in icgn.STATUS_NAMES if np.any(status == k)}

@@ -183,7 +183,7 @@ def test_api_round_trip_with_search_estimator_and_nodes_file(tmp_path):
   estimator = lambda v0, v1: np.broadcast_to(np.round(shift).astype(np.float32)[:, None, None, None],
                                              (3,) + v0.shape)
   refined = api.refine_estimate(estimator, f, g, subset=SUBSET, axes=AXES, batch_size=64)
-  assert refined.nodes.search_reach == 0
+  assert refined.nodes.search_reach == api.GUESS_REACH and not refined.nodes.fell_back.any()  # a good guess
   np.testing.assert_allclose(refined.nodes.displacement, node_truth(translation), atol=1e-3)
 
   flow_path = tmp_path / 'flow.npy'
@@ -196,8 +196,27 @@ def test_api_round_trip_with_search_estimator_and_nodes_file(tmp_path):
   with pytest.raises(FileExistsError, match='flow_nodes.npz'):
     api.write_nodes(result.nodes, flow_path)
   api.write_nodes(refined.nodes, flow_path, overwrite=True)
-  np.testing.assert_array_equal(api.read_nodes(written)['search_reach'], 0)
+  np.testing.assert_array_equal(api.read_nodes(written)['search_reach'], api.GUESS_REACH)
+  assert api.read_nodes(written)['fell_back'].shape == (len(refined.nodes.positions),)
   assert api.nodes_path('out/F.tif') == 'out/F_nodes.npz'
+
+
+def test_large_moves_are_found_and_a_wrong_guess_costs_nothing():
+  """A 12-voxel rigid move: found without a guess (the search widens by itself), and from a random flow
+  (what untrained weights give) every node falls back to that search, so the answer is the same."""
+  shift = np.array([12.3, -11.6, 0.8])
+  translation = lambda x: shift.reshape((3,) + (1,) * (x.ndim - 1)) + 0 * x
+  f, g = warped_pair(translation, seed=5, size=64, pad=16)
+  axes = (np.arange(26, 39, 4),) * 3  # the subsets and their moved copies stay inside the volume
+  alone = api.refine(f, g, subset=SUBSET, axes=axes, batch_size=64)
+  np.testing.assert_allclose(alone.nodes.displacement, node_truth(translation, axes), atol=2e-3)
+  wrong = np.random.default_rng(0).normal(0.0, 3.0, (3, 64, 64, 64)).astype(np.float32)
+  guided = api.refine(f, g, flow_init=wrong, subset=SUBSET, axes=axes, batch_size=64)
+  assert guided.nodes.fell_back.mean() > 0.9, guided.nodes.fell_back.mean()
+  np.testing.assert_allclose(guided.nodes.displacement, alone.nodes.displacement, atol=1e-3)
+  # An explicit search_reach is taken as given: 3 voxels around a wrong guess cannot find the move.
+  told = api.refine(f, g, flow_init=np.zeros_like(wrong), subset=SUBSET, axes=axes, batch_size=64, search_reach=3)
+  assert np.abs(told.nodes.displacement - node_truth(translation, axes)).max() > 1.0
 
 
 def test_bad_input_is_one_clear_error():
