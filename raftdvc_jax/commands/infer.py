@@ -30,10 +30,12 @@ from raftdvc_jax.infer import strategies
 from raftdvc_jax.infer import tiling
 
 FORMATS = tuple(s[1:] for s in io.VOLUME_SUFFIXES)
+RANDOM = 'random'  # --checkpoint random: the s4 preset with random weights (plumbing checks, --refine's guard)
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Shipped weights by name, a converted or training '
                                   'checkpoint directory, or a RAFT-DVC/VolRAFT .pth/.pt file. Required except '
-                                  f'with --demo or --refine. Shipped: {weights.describe()}.')
+                                  f'with --demo or --refine; "random" is the s4 arm with random weights. '
+                                  f'Shipped: {weights.describe()}.')
 _VOL0 = flags.DEFINE_string('vol0', None, 'Reference volume (.npy, .npz, .tif, .h5 or a folder of .tif slices).')
 _VOL1 = flags.DEFINE_string('vol1', None, 'Deformed volume, same shape as --vol0.')
 _OUTPUT = flags.DEFINE_string('output', None, f'Flow file to write with --vol0/--vol1 ({", ".join(FORMATS)}).')
@@ -120,6 +122,9 @@ def pipeline(estimator=None, label=None, hooks=()):
   """The Pipeline the flags describe; loads --checkpoint (unless given an estimator) and --coarse_checkpoint."""
   from raftdvc_jax.infer.estimator import load  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
+  if estimator is None and _CHECKPOINT.value == RANDOM:
+    from raftdvc_jax.infer.demo import random_estimator  # pylint: disable=import-outside-toplevel
+    estimator, label = random_estimator(_SEED.value), RANDOM
   if estimator is None:
     estimator, label = load(_CHECKPOINT.value, correlation=_CORRELATION.value, lookup=_LOOKUP.value), _CHECKPOINT.value
   say(f'fine arm {label}: {estimator.config.describe()}')
@@ -178,7 +183,7 @@ def run() -> None:
   tiling.parse_tile(_TILE.value)
   strategies.resolve(_STRATEGY.value, overlap=_OVERLAP.value)
   for path in (_CHECKPOINT.value, _COARSE.value):
-    if path is not None and not (which == 'demo' and path == 'random'):
+    if path is not None and path != RANDOM:
       weights.check(path)  # a path, or the name of shipped weights (s4-starter)
   for path in (_VOL0.value, _VOL1.value, _MASK.value, _DATA_DIR.value):
     if path is not None and not os.path.exists(path):

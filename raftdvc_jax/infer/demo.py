@@ -134,6 +134,18 @@ def zero_flow_epe(truth: np.ndarray) -> float:
 
 
 
+def random_estimator(seed: int = 0):
+  """A FlowEstimator of the s4 preset with randomly initialised weights (--checkpoint random): the pipeline
+  runs, and with --refine the refinement's check of its guess takes over; it measures nothing itself."""
+  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.infer.estimator import FlowEstimator
+  from raftdvc_jax.model.config import preset
+  log.warning('--checkpoint random: the s4 preset with randomly initialised weights; its flow shows that the '
+              'pipeline runs, not how accurate it is.')
+  config = preset('s4')
+  return FlowEstimator(config, random_variables(config, seed), provenance={'source': 'random', 'seed': seed})
+
+
 def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, size: int, seed: int,
             progress: bool) -> str:
   """infer.py --demo: the pair, its flow by make_pipeline(estimator, label), the figure; returns the report."""
@@ -141,13 +153,8 @@ def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, s
   from raftdvc_jax.infer.estimator import load
   from raftdvc_jax import weights
   from raftdvc_jax.infer import tiled
-  from raftdvc_jax.infer.estimator import FlowEstimator
-  from raftdvc_jax.model.config import preset
   if checkpoint == 'random':
-    log.warning('--checkpoint random: the s4 preset with randomly initialised weights; the EPE below shows that '
-                'the pipeline runs, not how accurate it is.')
-    config = preset('s4')
-    estimator, label = FlowEstimator(config, random_variables(config, seed)), 's4, untrained'
+    estimator, label = random_estimator(seed), 's4, untrained'
   else:
     checkpoint = checkpoint or weights.DEFAULT  # the shipped starter weights
     estimator, label = load(checkpoint), checkpoint

@@ -283,8 +283,10 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
                      max(WIDEN_REACHES) if search_reach is None else int(search_reach))
   initial, fell_back = _initial_guesses(searcher, initial, flow_init is not None, search_reach)
   if flow_init is not None and search_reach is None:
-    log.info('refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels '
-             'of it below %g)', int(fell_back.sum()), count, GUESS_REACH, GUESS_ZNCC)
+    # Shown by default when it happens: the user should know their network's guess was poor here.
+    (log.warning if fell_back.any() else log.info)(
+        'refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels of it '
+        'below %g)', int(fell_back.sum()), count, GUESS_REACH, GUESS_ZNCC)
   reach = (max(WIDEN_REACHES) if flow_init is None or fell_back.any() else GUESS_REACH) if search_reach is None \
       else int(search_reach)
 

@@ -1,6 +1,7 @@
 """FlowEstimator (input checks, one compilation per shape, the tiled path) and the infer.py command line."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -327,3 +328,25 @@ def test_infer_cli_refine_without_a_network_then_strain(tmp_path, cache_dir):
   assert strain['F'].shape == (3, 3, 36, 36, 36)
   # Every output exists now: the same command is refused before any compute, naming the first one.
   assert_refused(infer_cli(*args, cache=cache_dir), 'flow.npy')
+
+
+def test_random_weights_then_refine_give_the_refinement_only_answer(tmp_path, cache_dir):
+  """--checkpoint random --refine on a 12-voxel move: every poor network guess falls back to the search."""
+  from tests.refine.test_refine import warped_pair  # pylint: disable=import-outside-toplevel
+  shift = np.array([12.3, -11.6, 0.8])
+  f, g = warped_pair(lambda x: shift.reshape((3,) + (1,) * (x.ndim - 1)) + 0 * x, seed=5, size=64, pad=16)
+  np.save(tmp_path / 'a.npy', f)
+  np.save(tmp_path / 'b.npy', g)
+  common = ('--vol0', str(tmp_path / 'a.npy'), '--vol1', str(tmp_path / 'b.npy'), '--refine', '--iters', '2')
+  alone = infer_cli(*common, '--output', str(tmp_path / 'alone.npy'), cache=cache_dir)
+  guided = infer_cli(*common, '--checkpoint', 'random', '--output', str(tmp_path / 'guided.npy'), cache=cache_dir)
+  for run in (alone, guided):
+    assert run.returncode == 0, run.stderr[-2000:]
+  assert 'randomly initialised weights' in guided.stderr
+  assert re.search(r'refine: \d+ of \d+ nodes fell back from the given flow', guided.stderr), guided.stderr
+  a, b = (np.load(tmp_path / f'{n}_nodes.npz') for n in ('alone', 'guided'))
+  np.testing.assert_allclose(b['displacement'], a['displacement'], atol=1e-3)
+  inner = np.all(np.abs(a['positions'] - 31.5) < 8, axis=1)  # subsets whose moved copies stay well inside
+  epe = np.linalg.norm(a['displacement'][inner] - shift, axis=1)
+  assert epe.mean() < 0.02, epe.mean()  # found without being told: no motion would be 17 voxels off
+  assert b['fell_back'].mean() > 0.9
