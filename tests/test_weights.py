@@ -7,13 +7,18 @@ import raftdvc_jax
 from raftdvc_jax import weights
 
 
+ARMS = {'s4-starter': '1/4', 's8-starter': '1/8'}  # the encoder each shipped name is
+
+
 def test_every_shipped_name_loads_and_runs():
+  assert set(weights.NAMES) <= set(ARMS)
   for name in weights.NAMES:
     estimator = raftdvc_jax.load(name)
-    assert estimator.config.encoder_type == '1/4' and estimator.provenance.get('step', 0) > 0
-    vol = np.random.default_rng(0).random((16, 16, 16), np.float32)
+    assert estimator.config.encoder_type == ARMS[name] and estimator.provenance.get('step', 0) > 0
+    size = estimator.config.min_size * 2
+    vol = np.random.default_rng(0).random((size,) * 3, np.float32)
     flow = estimator(vol, vol, iters=1)
-    assert flow.shape == (3, 16, 16, 16) and np.all(np.isfinite(flow))
+    assert flow.shape == (3, size, size, size) and np.all(np.isfinite(flow))
 
 
 def test_a_path_wins_over_a_name_and_unknown_names_are_refused(tmp_path, monkeypatch):

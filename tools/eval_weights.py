@@ -2,6 +2,7 @@ r"""Held-out scorecard of a checkpoint: EPE per deformation family and displacem
 
   python tools/eval_weights.py --checkpoint s4-starter --output scorecard.json
   python tools/eval_weights.py --checkpoint runs/s4 --size 32 --per_cell 1          # quick look at a run
+  python tools/eval_weights.py --checkpoint s4-starter --coarse_checkpoint s8-starter --suites reach
 
 Suites: fresh pairs of the training generator (translation, rotation, affine, quadratic, smooth; bands 0.25-1,
 1-2, 2-3, 3-4 voxels of maximum component) and Gaussian-blob pairs of another generator (translation, rotation,
@@ -23,7 +24,10 @@ _OUTPUT = flags.DEFINE_string('output', None, 'JSON file for the cells (optional
 _SIZE = flags.DEFINE_integer('size', 64, 'Cube side of the held-out pairs.')
 _PER_CELL = flags.DEFINE_integer('per_cell', 2, 'Pairs per cell.')
 _ITERS = flags.DEFINE_integer('iters', None, 'Update iterations (default: the checkpoint config).')
-_SUITES = flags.DEFINE_list('suites', ['synthetic', 'blobs'], 'Which suites to run.')
+_SUITES = flags.DEFINE_list('suites', ['synthetic', 'blobs'], 'Which suites to run (synthetic, blobs, reach: '
+                            'moves of 2-24 voxels).')
+_COARSE = flags.DEFINE_string('coarse_checkpoint', None, 'Coarse-to-fine: a coarser arm run first, as infer.py '
+                              '--coarse_checkpoint.')
 _TILE = flags.DEFINE_integer('tile', None, 'Tile size (0: whole volume; default: the weights\' recommended '
                              'tile, as infer.py uses it).', lower_bound=0)
 _OVERLAP = flags.DEFINE_float('overlap', None, 'Tile overlap (default: the weights\' recommended one, or 0.5).')
@@ -39,13 +43,18 @@ def main(argv):
     cli.fail(f'{_OUTPUT.value}: already exists (pass --overwrite to replace it)')
   import raftdvc_jax  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer import scorecard  # pylint: disable=import-outside-toplevel
+  from raftdvc_jax.infer.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
   estimator = cli.run(lambda: raftdvc_jax.load(_CHECKPOINT.value))
+  coarse = cli.run(lambda: raftdvc_jax.load(_COARSE.value)) if _COARSE.value else None
   tile, overlap = estimator.tiling(_TILE.value, _OVERLAP.value)
   overlap = 0.5 if overlap is None else overlap
-  predict = lambda a, b: np.asarray(estimator.tiled(a, b, tile=tile, overlap=overlap, iters=_ITERS.value))
+  pipe = Pipeline(estimator, coarse, tile, iters=_ITERS.value or estimator.config.iters, overlap=overlap)
+  predict = lambda a, b: np.asarray(pipe.estimate(a, b)[0])
   cells = []
   if 'synthetic' in _SUITES.value:
     cells += scorecard.synthetic_cells(predict, _SIZE.value, _PER_CELL.value)
+  if 'reach' in _SUITES.value:
+    cells += scorecard.reach_cells(predict, _SIZE.value, _PER_CELL.value)
   if 'blobs' in _SUITES.value:
     cells += scorecard.blob_cells(predict, _SIZE.value, _PER_CELL.value)
   print(scorecard.markdown(cells))

@@ -16,7 +16,7 @@ from raftdvc_jax.data.datasets import NpzDataset
 from raftdvc_jax.data.datasets import PairDirectoryDataset
 from raftdvc_jax.data.datasets import SyntheticDataset
 from raftdvc_jax.data.io import read_flow
-from raftdvc_jax.data.io import read_pair
+from raftdvc_jax.data.io import read_pair_files
 from raftdvc_jax.data.io import read_sample
 from raftdvc_jax.data.io import read_volume
 from raftdvc_jax.data.io import VolumeError

@@ -361,7 +361,7 @@ def read_flow(path, mmap: bool = True, key: str | None = None, check: bool = Tru
   return a if a.dtype == np.float32 else np.asarray(a, np.float32)
 
 
-def read_pair(vol0_path, vol1_path, flow_path=None, mmap: bool = True, check: bool = True):
+def read_pair_files(vol0_path, vol1_path, flow_path=None, mmap: bool = True, check: bool = True):
   """Reads a reference and a deformed volume (and optionally a flow) that must share one grid."""
   vol0 = read_volume(vol0_path, mmap=mmap, check=check)
   vol1 = read_volume(vol1_path, mmap=mmap, check=check)

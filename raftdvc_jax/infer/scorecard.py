@@ -16,6 +16,9 @@ from raftdvc_jax.data import blobs, synthetic
 
 SYNTHETIC_FAMILIES = ('translation', 'rotation', 'affine', 'quadratic', 'smooth')
 BANDS = ((0.25, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0))
+# Large moves (the reach of an arm, or of coarse-to-fine), in voxels of the largest component.
+REACH_BANDS = ((2.0, 6.0), (6.0, 12.0), (12.0, 18.0), (18.0, 24.0))
+REACH_FAMILIES = ('translation', 'rotation')
 # Held-out seeds: training streams use (seed, crc32(split), ...) tuples, these use a distinct first entry.
 HELDOUT_SEED = 20261129
 
@@ -60,6 +63,22 @@ def synthetic_cells(predict: Callable, size: int = 64, per_cell: int = 2,
                                       deformation=family)
       pairs = (synthetic.make_pair(cfg, (HELDOUT_SEED, b, i)) for i in range(per_cell))
       cells.append(Cell('synthetic', family, f'{lo:g}-{hi:g}', *score_pairs(predict, pairs)))
+      if progress:
+        progress()
+  return cells
+
+
+def reach_cells(predict: Callable, size: int = 64, per_cell: int = 2, families: Sequence[str] = REACH_FAMILIES,
+                bands=REACH_BANDS, progress=None) -> list[Cell]:
+  """Cells of large moves (REACH_BANDS): the training generator's beads on fresh seeds, other seeds than
+  synthetic_cells'."""
+  cells = []
+  for family in families:
+    for b, (lo, hi) in enumerate(bands):
+      cfg = synthetic.SyntheticConfig(size=size, particle_radius=2.0, density=4.8, disp_min=lo, disp_max=hi,
+                                      deformation=family)
+      pairs = (synthetic.make_pair(cfg, (HELDOUT_SEED, 100 + b, i)) for i in range(per_cell))
+      cells.append(Cell('reach', family, f'{lo:g}-{hi:g}', *score_pairs(predict, pairs)))
       if progress:
         progress()
   return cells

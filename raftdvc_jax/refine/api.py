@@ -208,13 +208,17 @@ class _Search:
     return np.stack([interpolate.RegularGridInterpolator(self.picks, v)(fine) for v in values], -1)
 
 
-def _initial_guesses(searcher, initial, guess_given: bool, reach: int | None):
-  """Rounded initial displacements at every node, and per node whether it fell back from the given guess.
+def _initial_guesses(searcher, flow_init, grid, reach: int | None):
+  """(rounded initial displacement (N, 3), per node whether it fell back from flow_init, the reach recorded).
 
-  reach None: a given guess is checked (GUESS_REACH around it) and, where weak, replaced by the wide search;
-  without a guess the wide search runs. An explicit reach searches that far around the guess (or zero).
+  reach None: flow_init at the nodes is checked (GUESS_REACH around it) and, where weak, replaced by the wide
+  search; without flow_init the wide search runs. An explicit reach searches that far around the guess (or
+  zero) and nothing else.
   """
-  count = len(initial)
+  count = len(grid)
+  guess_given = flow_init is not None
+  initial = (flow_init[:, grid[:, 0], grid[:, 1], grid[:, 2]].T.astype(np.float32) if guess_given
+             else np.zeros((count, 3), np.float32))
   coarse = np.arange(len(searcher.nodes))
   centre = np.round(initial[searcher.flat]).astype(np.int32)
   fell_back = np.zeros(len(coarse), bool)
@@ -229,7 +233,15 @@ def _initial_guesses(searcher, initial, guess_given: bool, reach: int | None):
       weak = np.flatnonzero(fell_back)
       shift[weak] = searcher.wide(weak, np.zeros_like(centre))[0]
   spread = searcher.spread(np.concatenate([shift, fell_back[:, None].astype(np.float64)], 1))
-  return np.round(spread[:, :3]).astype(np.float32), spread[:, 3].reshape(count) > 0
+  fell_back = spread[:, 3].reshape(count) > 0
+  if guess_given and reach is None:
+    # Shown by default when it happens: the user should know their network's guess was poor here.
+    (log.warning if fell_back.any() else log.info)(
+        'refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels of it '
+        'below %g)', int(fell_back.sum()), count, GUESS_REACH, GUESS_ZNCC)
+  if reach is None:
+    reach = GUESS_REACH if guess_given and not fell_back.any() else max(WIDEN_REACHES)
+  return np.round(spread[:, :3]).astype(np.float32), fell_back, int(reach)
 
 
 def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP, order: int = ORDER,
@@ -265,10 +277,6 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
     raise ValueError('need smooth >= 0, node_filter >= 0 and search_stride >= 1')
   grid = np.stack(np.meshgrid(*axes, indexing='ij'), -1).reshape(-1, 3)
   count = len(grid)
-  if flow_init is not None:
-    initial = flow_init[:, grid[:, 0], grid[:, 1], grid[:, 2]].T.astype(np.float32)
-  else:
-    initial = np.zeros((count, 3), np.float32)
 
   coef1 = jnp.asarray(bspline.prefilter(v1))
   vol1_padded = jnp.asarray(bspline.reflect_pad(v1, bspline.PAD))
@@ -281,14 +289,7 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
   texture_floor = np.float32(TEXTURE_TOL * float(v0.std()) * math.sqrt(n ** 3))
   searcher = _Search(vol0_d, v1, axes, half, search_stride, batch_size,
                      max(WIDEN_REACHES) if search_reach is None else int(search_reach))
-  initial, fell_back = _initial_guesses(searcher, initial, flow_init is not None, search_reach)
-  if flow_init is not None and search_reach is None:
-    # Shown by default when it happens: the user should know their network's guess was poor here.
-    (log.warning if fell_back.any() else log.info)(
-        'refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels of it '
-        'below %g)', int(fell_back.sum()), count, GUESS_REACH, GUESS_ZNCC)
-  reach = (max(WIDEN_REACHES) if flow_init is None or fell_back.any() else GUESS_REACH) if search_reach is None \
-      else int(search_reach)
+  initial, fell_back, reach = _initial_guesses(searcher, flow_init, grid, search_reach)
 
   shifts = np.round(initial).astype(np.int32)
   results = []

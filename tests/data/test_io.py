@@ -226,7 +226,7 @@ def test_read_pair_refuses_mismatched_volumes(tmp_path):
   io.write_volume(tmp_path / 'a.npy', _volume())
   io.write_volume(tmp_path / 'b.npy', _volume((6, 7, 9)))
   with pytest.raises(io.VolumeError) as e:
-    io.read_pair(tmp_path / 'a.npy', tmp_path / 'b.npy')
+    io.read_pair_files(tmp_path / 'a.npy', tmp_path / 'b.npy')
   _one_line_naming(e, tmp_path / 'b.npy')
 
 
