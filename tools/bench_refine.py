@@ -115,8 +115,7 @@ def run_ours(pairs, order: int, from_flow: bool = False):
   network's flow, to time the refinement without the integer search).
   """
   kwargs = dict(axes=(NODES,) * 3, order=order, smooth=_SMOOTH.value, batch_size=1000)
-  if not from_flow:
-    kwargs['search_reach'] = _REACH.value
+  kwargs['search_reach'] = 0 if from_flow else _REACH.value  # from the true field: no search, no check
 
   def flow_init(vol0, truth):
     if not from_flow:

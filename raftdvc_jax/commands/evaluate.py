@@ -48,7 +48,9 @@ def run() -> None:
   datasets.open_directory(root)  # a bad --data fails before the model loads
   estimator = load(_CHECKPOINT.value, which=_WHICH.value)
   rows, summary = evaluate.evaluate(estimator, root, _ITERS.value, _MAX_SAMPLES.value, _PROGRESS.value)
-  summary.update(checkpoint=estimator.provenance.get('step_dir', os.path.abspath(_CHECKPOINT.value)),
+  given = _CHECKPOINT.value  # a shipped name stays a name; a path is made absolute, a run names its step
+  summary.update(checkpoint=estimator.provenance.get('step_dir') or (os.path.abspath(given) if os.path.exists(given)
+                                                                      else given),
                  data=os.path.abspath(root), iters=_ITERS.value or estimator.config.iters)
   evaluate.write_results(_OUTPUT.value, rows, summary)
   print(f'{summary["n_samples"]} samples: mean EPE {summary["epe_mean"]:.4f} (median {summary["epe_median"]:.4f}, '

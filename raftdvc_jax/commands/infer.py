@@ -122,9 +122,9 @@ def pipeline(estimator=None, label=None, hooks=()):
   """The Pipeline the flags describe; loads --checkpoint (unless given an estimator) and --coarse_checkpoint."""
   from raftdvc_jax.infer.estimator import load  # pylint: disable=import-outside-toplevel
   from raftdvc_jax.infer.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
-  if estimator is None and _CHECKPOINT.value == RANDOM:
+  if estimator is None and _CHECKPOINT.value == RANDOM and not os.path.exists(RANDOM):
     from raftdvc_jax.infer.demo import random_estimator  # pylint: disable=import-outside-toplevel
-    estimator, label = random_estimator(_SEED.value), RANDOM
+    estimator, label = random_estimator(_SEED.value, _CORRELATION.value, _LOOKUP.value), RANDOM
   if estimator is None:
     estimator, label = load(_CHECKPOINT.value, correlation=_CORRELATION.value, lookup=_LOOKUP.value), _CHECKPOINT.value
   say(f'fine arm {label}: {estimator.config.describe()}')
@@ -182,9 +182,9 @@ def run() -> None:
   which = mode()
   tiling.parse_tile(_TILE.value)
   strategies.resolve(_STRATEGY.value, overlap=_OVERLAP.value)
-  for path in (_CHECKPOINT.value, _COARSE.value):
-    if path is not None and path != RANDOM:
-      weights.check(path)  # a path, or the name of shipped weights (s4-starter)
+  for flag, path in (('checkpoint', _CHECKPOINT.value), ('coarse_checkpoint', _COARSE.value)):
+    if path is not None and not (flag == 'checkpoint' and path == RANDOM):
+      weights.check(path)  # a path, or the name of shipped weights (s4-starter); random is --checkpoint's
   for path in (_VOL0.value, _VOL1.value, _MASK.value, _DATA_DIR.value):
     if path is not None and not os.path.exists(path):
       raise FileNotFoundError(f'{path}: no such file or directory')

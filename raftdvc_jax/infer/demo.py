@@ -134,7 +134,7 @@ def zero_flow_epe(truth: np.ndarray) -> float:
 
 
 
-def random_estimator(seed: int = 0):
+def random_estimator(seed: int = 0, correlation: str = 'auto', lookup: str = 'auto'):
   """A FlowEstimator of the s4 preset with randomly initialised weights (--checkpoint random): the pipeline
   runs, and with --refine the refinement's check of its guess takes over; it measures nothing itself."""
   # pylint: disable=import-outside-toplevel
@@ -143,7 +143,8 @@ def random_estimator(seed: int = 0):
   log.warning('--checkpoint random: the s4 preset with randomly initialised weights; its flow shows that the '
               'pipeline runs, not how accurate it is.')
   config = preset('s4')
-  return FlowEstimator(config, random_variables(config, seed), provenance={'source': 'random', 'seed': seed})
+  return FlowEstimator(config, random_variables(config, seed), correlation=correlation, lookup=lookup,
+                       provenance={'source': 'random', 'seed': seed})
 
 
 def run_cli(make_pipeline: Callable, checkpoint: str | None, figure_path: str, size: int, seed: int,

@@ -188,17 +188,21 @@ class _Search:
     return np.concatenate(shifts)[:n].astype(np.float64), np.concatenate(znccs)[:n]
 
   def wide(self, which, centre):
-    """The search without a guess: SEARCH_REACH, then wider reaches for the nodes that matched weakly."""
+    """The search without a guess: SEARCH_REACH, then wider reaches for the nodes that matched weakly.
+
+    Returns (shift, ZNCC, the widest reach that ran)."""
     which = np.asarray(which)
     shift, zncc = self.run(which, centre, SEARCH_REACH)
+    widest = SEARCH_REACH
     for reach in WIDEN_REACHES:
       weak = np.flatnonzero(zncc < WIDEN_ZNCC)
       if not len(weak):
         break
       s2, z2 = self.run(which[weak], centre, reach)
+      widest = reach
       better = z2 > zncc[weak]
       shift[weak[better]], zncc[weak[better]] = s2[better], z2[better]
-    return shift, zncc
+    return shift, zncc, widest
 
   def spread(self, coarse_values):
     """Values (n_coarse, D) at the coarse nodes, trilinearly interpolated to every node (N, D)."""
@@ -219,29 +223,33 @@ def _initial_guesses(searcher, flow_init, grid, reach: int | None):
   guess_given = flow_init is not None
   initial = (flow_init[:, grid[:, 0], grid[:, 1], grid[:, 2]].T.astype(np.float32) if guess_given
              else np.zeros((count, 3), np.float32))
+  if reach == 0:  # the guess (or zero) as given, at every node
+    return initial, np.zeros(count, bool), 0
   coarse = np.arange(len(searcher.nodes))
   centre = np.round(initial[searcher.flat]).astype(np.int32)
   fell_back = np.zeros(len(coarse), bool)
   if reach is not None:
-    shift = searcher.run(coarse, centre, reach)[0] if reach else centre.astype(np.float64)
+    shift = searcher.run(coarse, centre, reach)[0]
   elif not guess_given:
-    shift = searcher.wide(coarse, centre)[0]
+    shift, _, reach = searcher.wide(coarse, centre)
   else:
     shift, zncc = searcher.run(coarse, centre, GUESS_REACH)
-    fell_back = zncc < GUESS_ZNCC
-    if fell_back.any():
-      weak = np.flatnonzero(fell_back)
-      shift[weak] = searcher.wide(weak, np.zeros_like(centre))[0]
+    weak = np.flatnonzero(zncc < GUESS_ZNCC)
+    if len(weak):
+      # The search replaces a weak guess only where it matches better: a featureless subset (zero everywhere)
+      # or a move beyond the search's reach keeps the network's guess.
+      s2, z2, reach = searcher.wide(weak, np.zeros_like(centre))
+      better = z2 > zncc[weak]
+      shift[weak[better]] = s2[better]
+      fell_back[weak[better]] = True
   spread = searcher.spread(np.concatenate([shift, fell_back[:, None].astype(np.float64)], 1))
-  fell_back = spread[:, 3].reshape(count) > 0
+  fell_back = spread[:, 3].reshape(count) >= 0.5  # nodes mostly interpolated from coarse nodes that fell back
   if guess_given and reach is None:
     # Shown by default when it happens: the user should know their network's guess was poor here.
     (log.warning if fell_back.any() else log.info)(
         'refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels of it '
         'below %g)', int(fell_back.sum()), count, GUESS_REACH, GUESS_ZNCC)
-  if reach is None:
-    reach = GUESS_REACH if guess_given and not fell_back.any() else max(WIDEN_REACHES)
-  return np.round(spread[:, :3]).astype(np.float32), fell_back, int(reach)
+  return np.round(spread[:, :3]).astype(np.float32), fell_back, int(GUESS_REACH if reach is None else reach)
 
 
 def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP, order: int = ORDER,
@@ -287,8 +295,8 @@ def refine(vol0, vol1, flow_init=None, *, subset: int = SUBSET, step: int = STEP
   grad0 = jnp.asarray(bspline.grid_gradient(bspline.prefilter(source)))
   vol0_d = jnp.asarray(v0)
   texture_floor = np.float32(TEXTURE_TOL * float(v0.std()) * math.sqrt(n ** 3))
-  searcher = _Search(vol0_d, v1, axes, half, search_stride, batch_size,
-                     max(WIDEN_REACHES) if search_reach is None else int(search_reach))
+  searcher = None if search_reach == 0 else _Search(vol0_d, v1, axes, half, search_stride, batch_size,
+                                                    max(WIDEN_REACHES) if search_reach is None else int(search_reach))
   initial, fell_back, reach = _initial_guesses(searcher, flow_init, grid, search_reach)
 
   shifts = np.round(initial).astype(np.int32)

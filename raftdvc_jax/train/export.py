@@ -36,8 +36,11 @@ def export_run(workdir, output, which: str = 'best', iters: int | None = None, o
   """
   workdir = os.path.abspath(os.fspath(workdir))
   found = resolve.resolve(workdir, which)
-  if found.kind != 'run':
-    raise ValueError(f'{workdir}: not a training run directory (no {ckpt_lib.CHECKPOINTS}/<step>/)')
+  is_step = (os.path.basename(os.path.dirname(found.path)) == ckpt_lib.CHECKPOINTS
+             and os.path.basename(found.path).isdigit())
+  if found.kind != 'run' and not is_step:
+    raise ValueError(f'{workdir}: not a training run or one of its step directories (no '
+                     f'{ckpt_lib.CHECKPOINTS}/<step>/)')
   step_dir, config, variables = found.path, found.config, found.variables
   if iters:
     config = config.replace(iters=int(iters))

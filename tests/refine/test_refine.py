@@ -219,6 +219,19 @@ def test_large_moves_are_found_and_a_wrong_guess_costs_nothing():
   assert np.abs(told.nodes.displacement - node_truth(translation, axes)).max() > 1.0
 
 
+def test_a_guess_is_kept_where_the_search_matches_no_better():
+  """Featureless subsets match nothing anywhere: the search must not replace the network's guess there."""
+  shift = np.array([1.0, -1.0, 2.0])
+  translation = lambda x: shift.reshape((3,) + (1,) * (x.ndim - 1)) + 0 * x
+  f, g = warped_pair(translation, seed=6, flat_from=22)  # nodes at axis 0 >= 22 see a flat subset
+  guess = np.broadcast_to(shift.astype(np.float32)[:, None, None, None], (3,) + f.shape)
+  result = api.refine(f, g, flow_init=guess, subset=SUBSET, axes=AXES, batch_size=64)
+  assert not result.nodes.fell_back.any()
+  np.testing.assert_array_equal(result.nodes.initial, np.broadcast_to(shift, result.nodes.initial.shape))
+  given = api.refine(f, g, flow_init=guess + 0.3, subset=SUBSET, axes=AXES, batch_size=64, search_reach=0)
+  np.testing.assert_allclose(given.nodes.initial, np.broadcast_to(shift + 0.3, given.nodes.initial.shape))
+
+
 def test_bad_input_is_one_clear_error():
   f = np.zeros((SIZE,) * 3, np.float32)
   with pytest.raises(ValueError, match='differ in shape'):

@@ -39,3 +39,12 @@ def test_a_damaged_record_in_the_middle_is_still_refused(tmp_path):
                         timeout=300, check=False)
   assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith('error: '), proc.stderr
   assert 'metrics.jsonl:2' in proc.stderr and not os.path.exists(tmp_path / 'weights')
+
+
+def test_a_step_directory_of_a_run_exports(tmp_path):
+  run = tiny_run(tmp_path / 'run', steps=(1, 2))
+  step_dir = os.path.join(run, 'checkpoints', '1')
+  proc = subprocess.run([script('raftdvc-export'), '--run', step_dir, '--output', str(tmp_path / 'w')],
+                        capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert raftdvc_jax.load(str(tmp_path / 'w')).provenance['step'] == 1
