@@ -59,6 +59,9 @@ COMMANDS = {
     'python infer.py --checkpoint CKPT --vol0 ref.tif --vol1 def.tif --output flow.npy --tile 64 --overlap 0.5':
         '{py} {root}/infer.py --checkpoint {ckpt} --vol0 ref.tif --vol1 def.tif --output flow.npy --tile 64 '
         '--overlap 0.5',
+    'python infer.py --coarse_checkpoint s8-starter --checkpoint s4-starter --vol0 ref.tif --vol1 def.tif '
+    '--output flow.npy': '{py} {root}/infer.py --coarse_checkpoint s8-starter --checkpoint s4-starter --vol0 ref.tif '
+                         '--vol1 def.tif --output flow.npy',
     'python infer.py --vol0 ref.tif --vol1 def.tif --output flow.npy --refine':
         '{py} {root}/infer.py --vol0 ref.tif --vol1 def.tif --output flow.npy --refine',
     'python infer.py --checkpoint CKPT --vol0 ref.tif --vol1 def.tif --output flow.npy --refine --strain '
@@ -167,7 +170,8 @@ def test_demo(folder):
 def test_infer_refine_strain_and_analyze(folder):
   """The inference commands in README's order: each writes its flow, refused again without --overwrite."""
   root = folder[0]
-  for command in [c for c in COMMANDS if c.startswith('python infer.py --checkpoint CKPT') and '--refine' not in c]:
+  for command in [c for c in COMMANDS if c.startswith(('python infer.py --checkpoint CKPT', 'python infer.py --coarse'))
+                  and '--refine' not in c]:
     run_readme(command, folder)
     assert np.load(root / 'flow.npy').shape == (3, 32, 32, 32)
     again = run_here(COMMANDS[command], folder)

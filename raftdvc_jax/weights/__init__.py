@@ -12,6 +12,9 @@ import os
 NAMES = {
     's4-starter': 'RAFT-DVC s4 arm trained from scratch on 2 CPU cores (bead pairs, |u| up to ~4 voxels); '
                   'see raftdvc_jax/weights/s4-starter/MODEL_CARD.md',
+    's8-starter': 'RAFT-DVC s8 arm trained from scratch on 2 CPU cores (bead pairs, moves up to ~24 voxels), the '
+                  'coarse arm of --coarse_checkpoint s8-starter --checkpoint s4-starter; see '
+                  'raftdvc_jax/weights/s8-starter/MODEL_CARD.md',
 }
 DEFAULT = 's4-starter'
 
