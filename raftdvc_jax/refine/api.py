@@ -220,7 +220,7 @@ def _initial_guesses(searcher, flow_init, grid, reach: int | None):
   zero) and nothing else.
   """
   count = len(grid)
-  guess_given = flow_init is not None
+  guess_given, checked = flow_init is not None, reach is None and flow_init is not None
   initial = (flow_init[:, grid[:, 0], grid[:, 1], grid[:, 2]].T.astype(np.float32) if guess_given
              else np.zeros((count, 3), np.float32))
   if reach == 0:  # the guess (or zero) as given, at every node
@@ -244,7 +244,7 @@ def _initial_guesses(searcher, flow_init, grid, reach: int | None):
       fell_back[weak[better]] = True
   spread = searcher.spread(np.concatenate([shift, fell_back[:, None].astype(np.float64)], 1))
   fell_back = spread[:, 3].reshape(count) >= 0.5  # nodes mostly interpolated from coarse nodes that fell back
-  if guess_given and reach is None:
+  if checked:
     # Shown by default when it happens: the user should know their network's guess was poor here.
     (log.warning if fell_back.any() else log.info)(
         'refine: %d of %d nodes fell back from the given flow to the search (best ZNCC within %d voxels of it '
