@@ -69,3 +69,14 @@ def test_a_model_config_with_the_old_correlation_word_still_loads(tmp_path):
     json.dump(dict(config, corr_levels_typo=2), f)
   with pytest.raises(ValueError, match='unknown keys'):
     raftdvc_jax.load(str(folder))
+
+
+def test_shipped_weights_stay_small():
+  """All shipped weights together stay under 10 MB (stored in float16, read back as float32)."""
+  import os  # pylint: disable=import-outside-toplevel
+  total = 0
+  for name in weights.NAMES:
+    folder = weights.directory(name)
+    total += sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
+    assert raftdvc_jax.load(name).provenance['storage_dtype'] == 'float16'
+  assert total < 10 * 2**20, total

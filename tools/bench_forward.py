@@ -113,14 +113,13 @@ def build_jax(what):
   return out, fns
 
 
-def run_jax(what):
-  """Times the Flax model; returns a dict of results."""
-  out, fns = build_jax(what)
+def run(build, what):
+  """Times one framework's callables (build_jax or build_torch), in this process; returns a dict of results."""
+  out, fns = build(what)
   for name, fn in fns.items():
     _, out['forward_s' if name == 'forward' else 'train_step_s'] = _time(fn, FLAGS.repeats)
   out['peak_rss_mb'] = _peak_mb()
   return out
-
 
 def build_torch(what):
   """(info, {'forward'|'train': a callable}) for the PyTorch reference (raftdvc_jax/reference/torch_raft.py)."""
@@ -158,16 +157,6 @@ def build_torch(what):
     fns['train'] = step
   return out, fns
 
-
-def run_torch(what):
-  """Times the PyTorch reference; returns a dict of results."""
-  out, fns = build_torch(what)
-  for name, fn in fns.items():
-    _, out['forward_s' if name == 'forward' else 'train_step_s'] = _time(fn, FLAGS.repeats)
-  out['peak_rss_mb'] = _peak_mb()
-  return out
-
-
 def alternate(common):
   """Both frameworks in one process, run in turn; prints each side's median and range and the ratio."""
   jax_info, jax_fns = build_jax(FLAGS.what)
@@ -191,7 +180,7 @@ def main(argv):
     alternate(common)
     return
   if FLAGS.framework != 'both':
-    result = (run_jax if FLAGS.framework == 'jax' else run_torch)(FLAGS.what)
+    result = run(build_jax if FLAGS.framework == 'jax' else build_torch, FLAGS.what)
     print(json.dumps({**common, **result}))
     return
   rows = []

@@ -16,7 +16,9 @@ def run_from_checkout(name: str) -> None:
   try:
     module = importlib.import_module(f'raftdvc_jax.commands.{name}')
   except ModuleNotFoundError as e:  # a dependency is missing: one line (and the usage for --help), no traceback
-    hint = f'{e.name} is not installed; run `pip install -e .` in {os.getcwd()} first'
+    # Name the checkout, not the working directory: `python path/to/infer.py` may run from anywhere.
+    checkout = os.path.dirname(os.path.abspath(sys.argv[0]))
+    hint = f'{e.name} is not installed for {sys.executable}; run `{sys.executable} -m pip install -e {checkout}` first'
     if any(a.split('=', 1)[0] in HELP_FLAGS for a in sys.argv[1:]):
       with open(os.path.join(os.path.dirname(__file__), f'{name}.py')) as f:
         print(ast.get_docstring(ast.parse(f.read())) or '')

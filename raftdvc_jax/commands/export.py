@@ -20,6 +20,8 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing converte
 _TILE = flags.DEFINE_integer('tile', 0, 'Tile size infer.py uses with these weights when --tile is not given '
                              '(0: whole volume); e.g. the crop size they were trained on.', lower_bound=0)
 _OVERLAP = flags.DEFINE_float('overlap', 0.5, 'Tile overlap recorded with --tile.')
+_STORAGE = flags.DEFINE_enum('storage_dtype', 'float32', ['float32', 'float16'], 'Store the weights in float16 '
+                             '(half the size, read back as float32; the shipped weights are).')
 flags.mark_flags_as_required(['run', 'output'])
 
 
@@ -29,7 +31,7 @@ def main(argv):
   cli.quiet_logs()
   notes = {'inference': {'tile': _TILE.value, 'overlap': _OVERLAP.value}} if _TILE.value else None
   print(cli.run(lambda: export.export_run(_RUN.value, _OUTPUT.value, _WHICH.value, _ITERS.value,
-                                          _OVERWRITE.value, notes)))
+                                          _OVERWRITE.value, notes, _STORAGE.value)))
 
 
 def entry():

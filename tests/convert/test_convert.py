@@ -435,3 +435,25 @@ def test_verify_compares_with_pytorch(tmp_path, volraft_small):
     tool.verify(out, wrong, VOLRAFT_SIZE, ITERS, seed=0)
   assert tool.verify_size(VOLRAFT_SMALL) == (64, 72, 80)
   assert tool.verify_size(preset('volraft_120')) == (64, 72, 80)
+
+
+def test_float16_storage_halves_a_directory_and_reads_back_as_float32(tmp_path):
+  """How the shipped weights are stored: float16 on disk (rounding <= 4.9e-4 relative), float32 in the model."""
+  variables = sources.to_variables(sources.Source('x', 'raftdvc', S4, {
+      k: v.numpy() for k, v in reference(S4, seed=3).state_dict().items()}))
+  full = orbax_io.save(str(tmp_path / 'f32'), S4, variables)
+  half = orbax_io.save(str(tmp_path / 'f16'), S4, variables, storage_dtype='float16')
+  size = lambda d: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+  assert size(half) < 0.6 * size(full)
+  _, back, prov = orbax_io.load_variables(half)
+  assert prov['storage_dtype'] == 'float16'
+  for a, b in zip(jax_leaves(variables['params']), jax_leaves(back['params'])):
+    assert b.dtype == np.float32
+    np.testing.assert_allclose(b, a, rtol=4.9e-4, atol=6e-8)  # float16: 11-bit significand, subnormals below 6e-5
+  with pytest.raises(ValueError, match='storage_dtype'):
+    orbax_io.save(str(tmp_path / 'bad'), S4, variables, storage_dtype='int8')
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree.leaves(tree)
